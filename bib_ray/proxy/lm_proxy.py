@@ -1,0 +1,130 @@
+"""A frozen Hugging Face masked LM as BIB's proxy.
+
+Soft designs enter through the model's input embeddings: probabilities times the embedding table's
+rows for the alphabet's tokens, framed by the model's special-token embeddings and passed as
+``inputs_embeds``. No model surgery, so any BERT-style or ESM-2 model loads by hub id or local path.
+phi(x) is the mean of the last hidden states over the real (non-special) positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from bib_ray.errors import BibInputError
+from bib_ray.proxy.tokens import TokenMap, build_token_map
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'auto' (or None) picks cuda when present; otherwise the given device, checked."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise BibInputError("device", f"{device!r} is not a torch device", "use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BibInputError("device", "cuda asked for but no GPU is visible", "use --device cpu")
+    return dev
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class LMProxy:
+    """Embeds soft sequences over a task's alphabet with a frozen LM."""
+
+    def __init__(self, model, tokenizer, alphabet: str, name: str, device: torch.device | str = "cpu") -> None:
+        self.name = name
+        self.alphabet = alphabet
+        self.device = torch.device(device)
+        self.model = model.base_model.to(self.device).eval()  # the encoder; an MLM head is not needed
+        self.model.requires_grad_(False)
+        self.tokens: TokenMap = build_token_map(tokenizer, alphabet, name)
+        table = self.model.get_input_embeddings().weight.detach()
+        ids = torch.tensor(self.tokens.token_ids, device=self.device)
+        self._content_table = table[ids]  # (V**k, h)
+        self._prefix = table[torch.tensor(self.tokens.prefix_ids, dtype=torch.long, device=self.device)]
+        self._suffix = table[torch.tensor(self.tokens.suffix_ids, dtype=torch.long, device=self.device)]
+        self.dim = int(self.model.config.hidden_size)
+
+    @classmethod
+    def load(cls, source: str, alphabet: str, device: torch.device | str = "cpu") -> "LMProxy":
+        """Load by hub id or local directory; a path that does not exist is a clear input error."""
+        from transformers import AutoModel, AutoTokenizer
+
+        _quiet_transformers()
+        local = Path(source).expanduser()
+        if local.exists():
+            source = str(local)
+        elif source.startswith((".", "~")) or local.is_absolute():
+            raise BibInputError("lm", f"model path {source!r} does not exist",
+                                "give an existing directory saved with save_pretrained, or a hub id")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModel.from_pretrained(source)
+        except OSError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BibInputError("lm", f"cannot load {source!r}: {first}",
+                                "give a local model directory or a hub id available offline") from err
+        return cls(model, tokenizer, alphabet, source, device)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the model's name and weights' shape/sum: the key of embedding caches."""
+        digest = hashlib.sha256(self.name.encode())
+        for key, value in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(str(tuple(value.shape)).encode())
+            digest.update(f"{float(value.float().sum()):.6e}".encode())
+        return digest.hexdigest()[:16]
+
+    def astype(self, dtype: torch.dtype) -> "LMProxy":
+        """A copy computing in ``dtype`` (float64 for exact derivative checks, bf16 on GPUs)."""
+        import copy
+
+        other = copy.copy(self)
+        other.model = copy.deepcopy(self.model).to(dtype)
+        other._content_table = self._content_table.to(dtype)
+        other._prefix = self._prefix.to(dtype)
+        other._suffix = self._suffix.to(dtype)
+        return other
+
+    def _content_embeddings(self, probs: torch.Tensor) -> torch.Tensor:
+        k = self.tokens.k
+        if k == 1:
+            return probs @ self._content_table
+        m, length, vocab = probs.shape
+        joint = probs[:, : length - k + 1]
+        for offset in range(1, k):
+            nxt = probs[:, offset: length - k + 1 + offset]
+            joint = (joint.unsqueeze(-1) * nxt.unsqueeze(-2)).reshape(m, length - k + 1, -1)
+        return joint @ self._content_table
+
+    def embed(self, probs: torch.Tensor) -> torch.Tensor:
+        """Soft one-hot designs (M, L, V) to phi (M, d): mean last hidden state over real tokens."""
+        probs = probs.to(self.device, self._content_table.dtype)
+        content = self._content_embeddings(probs)
+        m = content.shape[0]
+        pieces = [self._prefix.expand(m, -1, -1), content, self._suffix.expand(m, -1, -1)]
+        inputs = torch.cat(pieces, dim=1)
+        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=self.device)
+        hidden = self.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        first = len(self.tokens.prefix_ids)
+        return hidden[:, first: first + content.shape[1]].mean(dim=1)
+
+    @torch.no_grad()
+    def embed_sequences(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Hard sequences (n, L) int64 to phi (n, d), in batches, without gradients."""
+        vocab = len(self.alphabet)
+        out = []
+        for chunk in torch.split(x, batch_size):
+            onehot = torch.nn.functional.one_hot(chunk.to(self.device), vocab).float()
+            out.append(self.embed(onehot).cpu())
+        return torch.cat(out)

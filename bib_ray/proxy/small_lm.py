@@ -1,0 +1,131 @@
+"""The default proxy: a small BERT masked LM that bib_ray pre-trains on a task's own sequences.
+
+No pre-trained DNA or protein LM can be downloaded everywhere bib_ray runs, so the default LM is
+trained here, on the task's unlabelled offline sequences, and cached on disk (keyed by the task's
+data, the architecture and the budget). Concurrent workers that ask for the same LM wait on a file
+lock and then load the one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class SmallLMConfig(BaseModel):
+    """Architecture and pre-training budget of the default LM."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: int = Field(64, ge=8, le=1024)
+    layers: int = Field(2, ge=1, le=12)
+    heads: int = Field(4, ge=1, le=16)
+    intermediate: int = Field(128, ge=8, le=4096)
+    steps: int = Field(1500, ge=0, le=1_000_000, description="MLM optimiser steps (the pre-training budget)")
+    batch_size: int = Field(128, ge=1, le=65536)
+    lr: float = Field(2e-3, gt=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+    def key(self) -> str:
+        """Short hash of the config: part of the cache folder name."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+
+
+def cache_root() -> Path:
+    """Where LMs and embeddings are cached: $BIB_RAY_CACHE, else ~/.cache/bib_ray."""
+    return Path(os.environ.get("BIB_RAY_CACHE", Path.home() / ".cache" / "bib_ray")).expanduser()
+
+
+def build_small_bert(alphabet: str, config: SmallLMConfig, max_length: int):
+    """A randomly initialised BertForMaskedLM with a one-letter-per-token vocabulary, and its tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    vocab = {token: i for i, token in enumerate(list(SPECIAL_TOKENS) + list(alphabet))}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=False)
+    bert_config = BertConfig(vocab_size=len(vocab), hidden_size=config.hidden, num_hidden_layers=config.layers,
+                             num_attention_heads=config.heads, intermediate_size=config.intermediate,
+                             max_position_embeddings=max(max_length + 2, 16), pad_token_id=0,
+                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(config.seed)
+    return BertForMaskedLM(bert_config), tokenizer
+
+
+def _mlm_batch(x: torch.Tensor, config: SmallLMConfig, vocab_size: int, gen: torch.Generator):
+    """BERT's masking on letter ids offset past the special tokens, with [CLS]/[SEP] framing."""
+    n_special = len(SPECIAL_TOKENS)
+    ids = x + n_special
+    labels = ids.clone()
+    pick = torch.rand(ids.shape, generator=gen) < config.mask_prob
+    labels[~pick] = -100
+    roll = torch.rand(ids.shape, generator=gen)
+    inputs = ids.clone()
+    inputs[pick & (roll < 0.8)] = SPECIAL_TOKENS.index("[MASK]")
+    random_tokens = torch.randint(n_special, vocab_size, ids.shape, generator=gen)
+    swap = pick & (roll >= 0.8) & (roll < 0.9)
+    inputs[swap] = random_tokens[swap]
+    m = ids.shape[0]
+    cls = torch.full((m, 1), SPECIAL_TOKENS.index("[CLS]"))
+    sep = torch.full((m, 1), SPECIAL_TOKENS.index("[SEP]"))
+    ignore = torch.full((m, 1), -100)
+    return torch.cat([cls, inputs, sep], 1), torch.cat([ignore, labels, ignore], 1)
+
+
+def pretrain_small_lm(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out_dir: Path,
+                      log_every: int = 0) -> dict:
+    """Train the small BERT by masked-language modelling on ``sequences`` (n, L) and save it."""
+    model, tokenizer = build_small_bert(alphabet, config, sequences.shape[1])
+    gen = torch.Generator().manual_seed(config.seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    vocab_size = len(SPECIAL_TOKENS) + len(alphabet)
+    started = time.perf_counter()
+    losses: list[float] = []
+    model.train()
+    for step in range(config.steps):
+        rows = torch.randint(0, sequences.shape[0], (config.batch_size,), generator=gen)
+        inputs, labels = _mlm_batch(sequences[rows], config, vocab_size, gen)
+        loss = model(input_ids=inputs, labels=labels).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+        if log_every and (step + 1) % log_every == 0:
+            print(f"pretrain step {step + 1}/{config.steps} mlm_loss={sum(losses[-log_every:]) / log_every:.4f}",
+                  flush=True)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    tail = losses[-50:] or [float("nan")]
+    meta = {"config": config.model_dump(), "final_mlm_loss": sum(tail) / len(tail),
+            "seconds": time.perf_counter() - started, "sequences": int(sequences.shape[0])}
+    (out_dir / "bib_ray_pretrain.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def default_lm_path(task_name: str, task_fingerprint: str, config: SmallLMConfig) -> Path:
+    """Cache folder of the default LM for a task and config."""
+    return cache_root() / "lm" / f"{task_name}-{task_fingerprint}-{config.key()}"
+
+
+def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
+    """The cached default LM for ``task``, pre-training it first if needed (file-locked)."""
+    path = default_lm_path(task.name, task.fingerprint(), config)
+    done = path / "bib_ray_pretrain.json"
+    if done.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not done.exists():
+            pretrain_small_lm(torch.as_tensor(task.offline_x, dtype=torch.long), task.alphabet, config,
+                              path, log_every=log_every)
+    return path

@@ -1,0 +1,128 @@
+"""One BIB run from a RunSpec: workbench, engine, per-step metrics and the final result.
+
+This is the seam every front end uses (CLI, Tune trainable, ablation cell): it knows tasks and
+proxies, drives the plain-torch engine, and turns its steps into named metrics. It knows nothing of
+Ray or MLflow; they receive the metrics through ``on_step``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bib_ray.core.engine import BIBEngine, StepRecord
+from bib_ray.spec import RunSpec
+from bib_ray.tasks import Task
+from bib_ray.workbench import Workbench, get_workbench
+
+OnStep = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    """Final metrics, the per-step trajectory and the designs of one run."""
+
+    metrics: dict[str, Any]
+    trajectory: list[dict[str, float]]
+    start: list[str]
+    designs: list[str]
+    scores: list[float] | None  # raw oracle scores of the designs, None without an oracle
+    predictions: list[float]  # forward ridge prediction, raw units
+    spec: RunSpec
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of result.json."""
+        return {**self.metrics, "config": self.spec.model_dump(mode="json"), "trajectory": self.trajectory,
+                "seconds": self.seconds}
+
+
+def _stat(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values.max()), float(np.median(values)), float(values.mean())
+
+
+def step_metrics(task: Task, record: StepRecord, start: torch.Tensor, bench: Workbench) -> dict[str, float]:
+    """Named metrics of one step: oracle (when the task has one), proxy, distance, gamma, eta, losses."""
+    designs = record.designs.numpy()
+    out: dict[str, float] = {"step": record.step + 1}
+    if task.has_oracle:
+        norm = task.normalize(task.oracle(designs))
+        out["normalized_max"], out["normalized_median"], out["normalized_mean"] = _stat(norm)
+    pred = record.prediction.numpy() * bench.y_std + bench.y_mean
+    out["proxy_max"], out["proxy_median"], out["proxy_mean"] = _stat(pred)
+    out["mean_edit_distance"] = float((designs != start.numpy()).sum(1).mean())
+    out["gamma"] = float(record.gamma.mean())
+    out["eta"] = float(record.eta.mean())
+    out["forward_loss"] = float(record.forward_loss.mean())
+    out["backward_loss"] = float(record.backward_loss.mean())
+    out["unique_designs"] = float(len({row.tobytes() for row in designs}))
+    return out
+
+
+def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tensor]:
+    """The engine for a spec on a loaded workbench, and its start sequences (the best offline ones)."""
+    cfg = spec.engine
+    task = bench.task
+    start = torch.as_tensor(task.offline_x[task.top_offline(cfg.designs)], dtype=torch.long)
+    fit = bench.offline_fit(cfg.beta_scale)
+    aux = bench.auxiliary(cfg.aux_heads, cfg.aux_hidden, cfg.aux_epochs, cfg.seed)
+    engine = BIBEngine(bench.proxy.embed, fit, aux, cfg, start, len(task.alphabet), bench.proxy.device)
+    return engine, start
+
+
+def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False,
+            bench: Workbench | None = None) -> RunResult:
+    """Run BIB as ``spec`` says; call ``on_step`` with each step's metrics; return the result."""
+    t0 = time.perf_counter()
+    bench = bench or get_workbench(spec, log_every=250 if progress else 0)
+    task = bench.task
+    torch.manual_seed(spec.engine.seed)
+    engine, start = build_engine(spec, bench)
+    steps = spec.engine.steps_for(task.default_steps)
+    t1 = time.perf_counter()
+    trajectory: list[dict[str, float]] = []
+    records = engine.run(steps)
+    if progress:
+        from tqdm import tqdm
+
+        records = tqdm(records, total=steps, desc=f"BIB {spec.engine.variant} on {task.name}", unit="step")
+    last: StepRecord | None = None
+    for record in records:
+        metrics = step_metrics(task, record, start, bench)
+        trajectory.append(metrics)
+        last = record
+        if on_step is not None:
+            on_step(metrics)
+    t2 = time.perf_counter()
+    designs = last.designs.numpy() if last is not None else start.numpy()
+    final = dict(trajectory[-1]) if trajectory else {}
+    final.pop("step", None)
+    offline_norm = None
+    scores = None
+    if task.has_oracle:
+        scores = task.oracle(designs).tolist()
+        offline_norm = float(task.normalize(np.asarray([np.max(task.offline_y)]))[0])
+    metrics: dict[str, Any] = {
+        "task": task.name, "variant": spec.engine.variant, "adaptive_eta": spec.engine.adaptive_eta,
+        "seed": spec.engine.seed, "steps": steps, "designs": int(designs.shape[0]),
+        "has_oracle": task.has_oracle, "best_offline_normalized": offline_norm,
+        "best_offline_raw": float(np.max(task.offline_y)), "lm": bench.proxy.name, **final,
+    }
+    if not task.has_oracle:
+        metrics["note"] = "this task has no oracle: scores are the proxy's (forward ridge) predictions"
+    pred = (last.prediction.numpy() * bench.y_std + bench.y_mean).tolist() if last is not None else []
+    seconds = {"setup": t1 - t0, "design": t2 - t1, "design_steps_per_second":
+               (steps * designs.shape[0]) / max(t2 - t1, 1e-9)}
+    return RunResult(metrics=metrics, trajectory=trajectory, start=task.decode(start.numpy()),
+                     designs=task.decode(designs), scores=scores, predictions=pred, spec=spec,
+                     seconds=seconds)
+
+
+def finite(value: float) -> bool:
+    """True for a finite float (metrics logged to MLflow must be)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)

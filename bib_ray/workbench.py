@@ -1,0 +1,114 @@
+"""Everything a BIB run loads before it designs: task, LM proxy, offline embeddings and fits.
+
+Loading an LM and embedding the offline set cost far more than a short design run, so a process
+keeps them: a workbench is built once per (task, LM, device) and reused by every run in the same
+process (every Tune trial a Ray worker runs). ``LM_LOADS`` counts real loads, so the Ray layer can
+prove each worker loaded its LM once. Offline embeddings are also cached on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bib_ray.core.auxiliary import fit_auxiliary
+from bib_ray.core.ridge import OfflineFit
+from bib_ray.proxy.lm_proxy import LMProxy, resolve_device
+from bib_ray.proxy.small_lm import SmallLMConfig, cache_root, ensure_default_lm
+from bib_ray.spec import RunSpec, TaskSpec
+from bib_ray.tasks import Task, make_task
+
+LM_LOADS = 0
+_LOCK = threading.Lock()
+_BENCHES: dict[tuple, "Workbench"] = {}
+
+
+@dataclass
+class Workbench:
+    """A task with its LM proxy and z-scored offline data, embedded once."""
+
+    task: Task
+    proxy: LMProxy
+    phi_l: torch.Tensor  # (n, d) float32 on cpu
+    y_z: torch.Tensor  # (n,) float64 z-scored offline labels
+    y_mean: float
+    y_std: float
+    _fits: dict = field(default_factory=dict)
+    _aux: dict = field(default_factory=dict)
+
+    def offline_fit(self, beta_scale: float) -> OfflineFit:
+        """The forward ridge and backward statistics for one ridge scale (memoised)."""
+        if beta_scale not in self._fits:
+            self._fits[beta_scale] = OfflineFit.fit(self.phi_l, self.y_z, beta_scale)
+        return self._fits[beta_scale]
+
+    def auxiliary(self, heads: int, hidden: int, epochs: int, seed: int) -> torch.nn.Module:
+        """The auxiliary ensemble f_a for one recipe and seed (memoised)."""
+        key = (heads, hidden, epochs, seed)
+        if key not in self._aux:
+            self._aux[key] = fit_auxiliary(self.phi_l, self.y_z, heads, hidden, epochs, seed)
+        return self._aux[key]
+
+
+def _embedding_cache_file(proxy: LMProxy, task: Task) -> Path:
+    return cache_root() / "embeddings" / f"{proxy.fingerprint()}-{task.fingerprint()}.pt"
+
+
+def embed_offline(proxy: LMProxy, task: Task, use_disk: bool = True) -> torch.Tensor:
+    """phi of every offline sequence, from the disk cache when it is there."""
+    path = _embedding_cache_file(proxy, task)
+    if use_disk and path.exists():
+        return torch.load(path)
+    phi = proxy.embed_sequences(torch.as_tensor(task.offline_x, dtype=torch.long)).float()
+    if use_disk:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        torch.save(phi, tmp)
+        tmp.replace(path)
+    return phi
+
+
+def resolve_lm_source(spec: RunSpec, task: Task, log_every: int = 0) -> str:
+    """The LM to load: the given id/path, else the default small LM (pre-trained on first use)."""
+    if spec.lm:
+        return spec.lm
+    return str(ensure_default_lm(task, spec.lm_pretrain, log_every=log_every))
+
+
+def build_task(spec: TaskSpec) -> Task:
+    """The task object of a spec."""
+    return make_task(spec.name, **spec.options)
+
+
+def get_workbench(spec: RunSpec, log_every: int = 0) -> Workbench:
+    """The process's workbench for this run's task, LM and device; loads it on first use."""
+    global LM_LOADS
+    device = resolve_device(spec.device)
+    pretrain: SmallLMConfig | None = None if spec.lm else spec.lm_pretrain
+    key = (spec.task.key(), spec.lm, pretrain.key() if pretrain else None, str(device))
+    with _LOCK:
+        if key in _BENCHES:
+            return _BENCHES[key]
+        task = build_task(spec.task)
+        source = resolve_lm_source(spec, task, log_every)
+        proxy = LMProxy.load(source, task.alphabet, device)
+        LM_LOADS += 1
+        phi = embed_offline(proxy, task)
+        y = np.asarray(task.offline_y, dtype=np.float64)
+        mean, std = float(y.mean()), float(y.std())
+        bench = Workbench(task=task, proxy=proxy, phi_l=phi, y_z=torch.from_numpy((y - mean) / std),
+                          y_mean=mean, y_std=std)
+        _BENCHES[key] = bench
+        return bench
+
+
+def clear_workbenches() -> None:
+    """Forget every loaded workbench (tests)."""
+    global LM_LOADS
+    with _LOCK:
+        _BENCHES.clear()
+        LM_LOADS = 0

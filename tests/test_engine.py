@@ -1,0 +1,117 @@
+"""The batched engine: equals the one-at-a-time loop, exact Adaptive-gamma, variants as gammas."""
+
+import numpy as np
+import pytest
+import torch
+
+from bib_ray.core.auxiliary import fit_auxiliary
+from bib_ray.core.config import EngineConfig
+from bib_ray.core.engine import BIBEngine, initial_logits
+from bib_ray.core.ridge import OfflineFit
+
+
+@pytest.fixture()
+def setting(tiny_proxy, toy_task):
+    x = torch.as_tensor(toy_task.offline_x)
+    phi = tiny_proxy.embed_sequences(x)
+    y = torch.as_tensor(toy_task.offline_y)
+    y = (y - y.mean()) / y.std()
+    fit = OfflineFit.fit(phi, y)
+    aux = fit_auxiliary(phi, y, heads=2, hidden=8, epochs=20, seed=0)
+    start = x[torch.argsort(y)[-6:]]
+    return tiny_proxy, fit, aux, start
+
+
+def _run(setting, config, start=None, steps=4):
+    proxy, fit, aux, default_start = setting
+    start = default_start if start is None else start
+    engine = BIBEngine(proxy.embed, fit, aux, config, start, 4)
+    return list(engine.run(steps)), engine
+
+
+def test_initial_logits_argmax_is_start():
+    start = torch.tensor([[0, 1, 2, 3], [3, 3, 0, 1]])
+    z = initial_logits(start, 4, 0.01, seed=3)
+    assert torch.equal(z.argmax(-1), start)
+    assert not torch.equal(z[0, 0], z[1, 0])
+
+
+@pytest.mark.parametrize("variant,eta", [("learned", True), ("fixed", False), ("grad", True)])
+def test_batch_equals_loop(setting, variant, eta):
+    config = EngineConfig(variant=variant, adaptive_eta=eta, lr=0.5, aux_hidden=8)
+    batch, _ = _run(setting, config)
+    start = setting[3]
+    for i in range(start.shape[0]):
+        single, _ = _run(setting, config, start[i:i + 1])
+        for b, s in zip(batch, single):
+            assert torch.equal(b.designs[i], s.designs[0])
+            torch.testing.assert_close(b.forward_loss[i:i + 1], s.forward_loss, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(b.backward_loss[i:i + 1], s.backward_loss, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(b.gamma[i:i + 1], s.gamma, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(b.eta[i:i + 1], s.eta, rtol=1e-4, atol=1e-6)
+
+
+def test_designs_move(setting):
+    records, _ = _run(setting, EngineConfig(variant="forward", lr=1.0), steps=10)
+    assert (records[-1].designs != setting[3]).any()
+
+
+def test_gamma_hypergradient_matches_finite_difference(setting):
+    config = EngineConfig(variant="learned", relaxation="softmax")
+    _, engine = _run(setting, config, steps=0)
+    z = engine.z.clone().double()
+    engine.embed = setting[0].astype(torch.float64).embed
+    engine.auxiliary = engine.auxiliary.double()
+    zg = z.clone().requires_grad_(True)
+    phi = engine.phi(zg)
+    from bib_ray.core.ridge import backward_loss, forward_loss
+    (gf,) = torch.autograd.grad(forward_loss(phi, engine.fit, 10.0).sum(), zg, retain_graph=True)
+    (gb,) = torch.autograd.grad(backward_loss(phi, engine.fit, 10.0).sum(), zg)
+    gamma = torch.full((z.shape[0],), 0.3, dtype=torch.float64)
+    lr = 0.05
+    h = engine.gamma_hypergradient(z, gf, gb, gamma, lr)
+
+    def score(g):
+        gg = g.reshape(-1, 1, 1)
+        with torch.no_grad():
+            return engine.auxiliary_score(z - lr * (gg * gf + (1 - gg) * gb))
+
+    eps = 1e-5
+    fd = (score(gamma + eps) - score(gamma - eps)) / (2 * eps)
+    assert h.abs().max() > 0
+    torch.testing.assert_close(h, fd, rtol=1e-4, atol=1e-8)
+
+
+def test_learned_gamma_moves_and_stays_in_unit_interval(setting):
+    records, _ = _run(setting, EngineConfig(variant="learned", lr=0.5, aux_hidden=8), steps=5)
+    gammas = torch.stack([r.gamma for r in records])
+    assert (gammas >= 0).all() and (gammas <= 1).all()
+    assert not torch.allclose(gammas[-1], torch.full_like(gammas[-1], 0.5))
+
+
+@pytest.mark.parametrize("variant,gamma", [("forward", 1.0), ("backward", 0.0)])
+def test_one_direction_variants_are_fixed_gamma(setting, variant, gamma):
+    one, _ = _run(setting, EngineConfig(variant=variant, lr=0.5))
+    fixed, _ = _run(setting, EngineConfig(variant="fixed", gamma=gamma, lr=0.5))
+    for a, b in zip(one, fixed):
+        assert torch.equal(a.designs, b.designs)
+        torch.testing.assert_close(a.forward_loss, b.forward_loss)
+        assert torch.all(a.gamma == gamma)
+
+
+def test_adaptive_eta_stays_in_bounds(setting):
+    for scale in (1e-3, 1e4):
+        config = EngineConfig(variant="fixed", adaptive_eta=True, eta_scale=scale, eta_min=0.01, eta_max=0.3)
+        records, _ = _run(setting, config)
+        etas = torch.stack([r.eta for r in records])
+        assert (etas >= 0.01).all() and (etas <= 0.3).all()
+        if scale < 1:
+            assert etas.std() > 0 and ((etas > 0.01) & (etas < 0.3)).all()
+    assert ((etas == 0.01) | (etas == 0.3)).any()  # a large scale reaches the clamps
+
+
+def test_deterministic_for_seed(setting):
+    a, _ = _run(setting, EngineConfig(variant="learned", seed=4, aux_hidden=8))
+    b, _ = _run(setting, EngineConfig(variant="learned", seed=4, aux_hidden=8))
+    assert all(torch.equal(x.designs, y.designs) and torch.equal(x.forward_loss, y.forward_loss)
+               for x, y in zip(a, b))
