@@ -68,7 +68,7 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
     """The engine for a spec on a loaded workbench, and its start sequences (the best offline ones)."""
     cfg = spec.engine
     task = bench.task
-    start = torch.as_tensor(task.offline_x[task.top_offline(cfg.designs)], dtype=torch.long)
+    start = torch.tensor(np.asarray(task.offline_x)[task.top_offline(cfg.designs)], dtype=torch.long)
     fit = bench.offline_fit(cfg.beta_scale)
     aux = bench.auxiliary(cfg.aux_heads, cfg.aux_hidden, cfg.aux_epochs, cfg.seed)
     engine = BIBEngine(bench.proxy.embed, fit, aux, cfg, start, len(task.alphabet), bench.proxy.device)

@@ -63,7 +63,7 @@ def embed_offline(proxy: LMProxy, task: Task, use_disk: bool = True) -> torch.Te
     path = _embedding_cache_file(proxy, task)
     if use_disk and path.exists():
         return torch.load(path)
-    phi = proxy.embed_sequences(torch.as_tensor(task.offline_x, dtype=torch.long)).float()
+    phi = proxy.embed_sequences(torch.tensor(np.asarray(task.offline_x), dtype=torch.long)).float()
     if use_disk:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,6 +84,9 @@ def _mlm_batch(x: torch.Tensor, config: SmallLMConfig, vocab_size: int, gen: tor
 def pretrain_small_lm(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out_dir: Path,
                       log_every: int = 0) -> dict:
     """Train the small BERT by masked-language modelling on ``sequences`` (n, L) and save it."""
+    from bib_ray.proxy.lm_proxy import _quiet_transformers
+
+    _quiet_transformers()
     model, tokenizer = build_small_bert(alphabet, config, sequences.shape[1])
     gen = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
@@ -126,6 +130,6 @@ def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not done.exists():
-            pretrain_small_lm(torch.as_tensor(task.offline_x, dtype=torch.long), task.alphabet, config,
+            pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
                               path, log_every=log_every)
     return path

@@ -1,0 +1,225 @@
+"""The ``bib-ray`` command: run, pretrain, search, ablate, report, bench.
+
+Every user mistake surfaces as one line ``bib-ray: error: <field>: <problem> (<fix>)`` and exit
+code 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+from bib_ray.errors import BibInputError
+
+EXIT_INPUT = 2
+
+
+def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise BibInputError("--task-option", f"{pair!r} is not KEY=VALUE", "write e.g. --task-option start=561")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _add_run_spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML run file (task, lm, lm_pretrain, device, engine); "
+                   "flags override it; the best.yaml a search writes is such a file")
+    p.add_argument("--task", help="tfbind8 | aav | ehrlich | csv | npy (default tfbind8)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="task option, repeatable: aav start=561 end=588 phenotype=packaging; csv path=FILE "
+                        "alphabet=ACGT; ehrlich length=32 vocab=20")
+    p.add_argument("--data", metavar="FILE", help="shorthand for --task-option path=FILE (csv/npy tasks)")
+    p.add_argument("--lm", help="hub id or local path of a masked LM (DNABERT, ProtBERT, ESM-2); "
+                   "default: the small LM bib-ray pre-trains on the task and caches")
+    p.add_argument("--pretrain-steps", type=int, help="pre-training budget of the default LM (MLM steps)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from bib_ray.spec import RunSpec, load_run_spec
+
+    spec = load_run_spec(args.config) if getattr(args, "config", None) else RunSpec()
+    updates: dict[str, Any] = {}
+    options = _task_options(args.task_option)
+    if getattr(args, "data", None):
+        options["path"] = args.data
+    if args.task:
+        updates["task.name"] = args.task
+        updates["task.options"] = options
+    elif options:
+        updates["task.options"] = {**spec.task.options, **options}
+    if args.lm:
+        updates["lm"] = args.lm
+    if args.pretrain_steps is not None:
+        updates["lm_pretrain.steps"] = args.pretrain_steps
+    if args.device:
+        updates["device"] = args.device
+    for flag, key in (("variant", "variant"), ("seed", "seed"), ("steps", "steps"), ("designs", "designs"),
+                      ("adaptive_eta", "adaptive_eta"), ("lr", "lr")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            updates[f"engine.{key}"] = value
+    spec = spec.with_updates(updates) if updates else spec
+    _check_task(spec)
+    return spec
+
+
+def _check_task(spec) -> None:
+    from bib_ray.core.config import VARIANTS
+    from bib_ray.tasks import TASK_NAMES
+
+    if spec.task.name not in TASK_NAMES:
+        raise BibInputError("task", f"unknown task {spec.task.name!r}", f"choose one of {', '.join(TASK_NAMES)}")
+    if spec.engine.variant not in VARIANTS:  # pragma: no cover - pydantic already checks
+        raise BibInputError("variant", f"unknown variant {spec.engine.variant!r}", f"choose one of {VARIANTS}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bib_ray.outputs import summary_table, write_run_outputs
+    from bib_ray.runner import run_bib
+
+    spec = _spec_from_args(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = run_bib(spec, progress=progress)
+    out = write_run_outputs(result, args.output)
+    print(summary_table(result.metrics))
+    print(f"wrote {out / 'result.json'} and {out / 'designs.csv'}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import json
+
+    from bib_ray.workbench import build_task
+    from bib_ray.proxy.small_lm import ensure_default_lm
+
+    spec = _spec_from_args(args)
+    task = build_task(spec.task)
+    path = ensure_default_lm(task, spec.lm_pretrain, log_every=max(1, spec.lm_pretrain.steps // 10))
+    meta = json.loads((path / "bib_ray_pretrain.json").read_text())
+    print(f"default LM for {task.name}: {path}")
+    print(f"  mlm loss {meta['final_mlm_loss']:.4f} after {meta['config']['steps']} steps, "
+          f"{meta['seconds']:.1f} s on {meta['sequences']} sequences")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from bib_ray.distributed.search import run_search_command
+
+    return run_search_command(args)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from bib_ray.distributed.ablation import run_ablation_command
+
+    return run_ablation_command(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bib_ray.tracking.report import run_report_command
+
+    return run_report_command(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "engine":
+        from bib_ray.bench.engine_bench import main as bench_main
+    else:
+        from bib_ray.bench.search_bench import main as bench_main
+    return bench_main(args)
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray address: omitted = start a local Ray; 'auto' = the running cluster")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlruns.db in the working folder)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same file")
+    p.add_argument("--storage", help="folder for Ray Tune's experiment state (default ./bib_ray_runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bib-ray", description=(
+        "BIB (bidirectional learning for offline biological sequence design): run it, search its "
+        "hyperparameters with Ray Tune + Optuna, run ablations, and report from MLflow."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="design sequences with BIB on one task", description=(
+        "Design M sequences with BIB, print a summary table, and write result.json and designs.csv."))
+    _add_run_spec_flags(run)
+    run.add_argument("--variant", help="forward | backward | fixed | learned | grad (default learned)")
+    eta = run.add_mutually_exclusive_group()
+    eta.add_argument("--adaptive-eta", dest="adaptive_eta", action="store_true", default=None,
+                     help="learn the design learning rate (Adaptive-eta)")
+    eta.add_argument("--no-adaptive-eta", dest="adaptive_eta", action="store_false", help="fixed learning rate")
+    run.add_argument("--seed", type=int, help="seed (start noise, auxiliary heads)")
+    run.add_argument("--steps", type=int, help="design steps (default: 100 for DNA, 25 for protein)")
+    run.add_argument("--designs", type=int, help="number of designs M (default 128)")
+    run.add_argument("--lr", type=float, help="design learning rate (default 0.1)")
+    run.add_argument("--output", default="bib_ray_output", metavar="DIR", help="folder for result.json, designs.csv")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    pre = sub.add_parser("pretrain", help="pre-train and cache the default small LM for a task",
+                         description="Train the small BERT masked LM on the task's sequences and cache it.")
+    _add_run_spec_flags(pre)
+    pre.set_defaults(func=cmd_pretrain)
+
+    search = sub.add_parser("search", help="hyperparameter search (Ray Tune + Optuna TPE, MLflow)",
+                            description="Search BIB hyperparameters over a YAML search space.")
+    search.add_argument("space", help="search-space YAML (see search_spaces/bib_default.yaml)")
+    _add_cluster_flags(search)
+    search.add_argument("--best-output", default="best.yaml", metavar="FILE",
+                        help="where to write the best config (a run file for bib-ray run --config)")
+    search.set_defaults(func=cmd_search)
+
+    ablate = sub.add_parser("ablate", help="run an ablation plan on Ray and log it to MLflow",
+                            description="Run every cell of an ablation plan and print the comparison table.")
+    ablate.add_argument("plan", help="ablation-plan YAML (see ablations/bib_variants.yaml)")
+    _add_cluster_flags(ablate)
+    ablate.add_argument("--force", action="store_true", help="re-run cells already finished in MLflow")
+    ablate.add_argument("--output", default="ablation_report", metavar="DIR", help="folder for the report files")
+    ablate.set_defaults(func=cmd_ablate)
+
+    report = sub.add_parser("report", help="rebuild an ablation's table and plots from MLflow",
+                            description="Rebuild the comparison table (Markdown, CSV) and plots (PNG) "
+                                        "from MLflow alone, and log them to the parent run.")
+    report.add_argument("target", help="parent run id or ablation name")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (as for search)")
+    report.add_argument("--output", default="ablation_report", metavar="DIR", help="folder for the report files")
+    report.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures",
+                           description="engine: batched vs one-at-a-time design steps/s; search: overhead share.")
+    bench.add_argument("what", choices=["engine", "search"], help="which benchmark")
+    bench.add_argument("--task", default="tfbind8", help="task (default tfbind8)")
+    bench.add_argument("--steps", type=int, default=None, help="design steps per run")
+    bench.add_argument("--designs", type=int, default=128, help="M (engine benchmark)")
+    bench.add_argument("--loop-designs", type=int, default=8,
+                       help="designs timed one at a time (the loop's rate is per design, so a sample suffices)")
+    bench.add_argument("--trials", type=int, default=16, help="trials (search benchmark)")
+    bench.add_argument("--variant", default="learned", help="variant (default learned)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.func(args) or 0)
+    except BibInputError as err:
+        print(f"bib-ray: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("bib-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
