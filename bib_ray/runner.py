@@ -55,6 +55,9 @@ def step_metrics(task: Task, record: StepRecord, start: torch.Tensor, bench: Wor
         out["normalized_max"], out["normalized_median"], out["normalized_mean"] = _stat(norm)
     pred = record.prediction.numpy() * bench.y_std + bench.y_mean
     out["proxy_max"], out["proxy_median"], out["proxy_mean"] = _stat(pred)
+    if bench.offline_scorer is not None:
+        offline = bench.offline_scorer.score(designs)
+        out["offline_proxy_max"], _, out["offline_proxy_mean"] = _stat(offline)
     out["mean_edit_distance"] = float((designs != start.numpy()).sum(1).mean())
     out["gamma"] = float(record.gamma.mean())
     out["eta"] = float(record.eta.mean())

@@ -17,6 +17,7 @@ import torch
 
 from bib_ray.core.auxiliary import fit_auxiliary
 from bib_ray.core.ridge import OfflineFit
+from bib_ray.evaluation import AdditiveOfflineScorer
 from bib_ray.proxy.lm_proxy import LMProxy, resolve_device
 from bib_ray.proxy.small_lm import SmallLMConfig, cache_root, ensure_default_lm
 from bib_ray.spec import RunSpec, TaskSpec
@@ -37,6 +38,7 @@ class Workbench:
     y_z: torch.Tensor  # (n,) float64 z-scored offline labels
     y_mean: float
     y_std: float
+    offline_scorer: AdditiveOfflineScorer | None = None
     _fits: dict = field(default_factory=dict)
     _aux: dict = field(default_factory=dict)
 
@@ -100,8 +102,10 @@ def get_workbench(spec: RunSpec, log_every: int = 0) -> Workbench:
         phi = embed_offline(proxy, task)
         y = np.asarray(task.offline_y, dtype=np.float64)
         mean, std = float(y.mean()), float(y.std())
-        bench = Workbench(task=task, proxy=proxy, phi_l=phi, y_z=torch.from_numpy((y - mean) / std),
-                          y_mean=mean, y_std=std)
+        y_z = (y - mean) / std
+        scorer = AdditiveOfflineScorer(np.asarray(task.offline_x), y_z, len(task.alphabet))
+        bench = Workbench(task=task, proxy=proxy, phi_l=phi, y_z=torch.from_numpy(y_z), y_mean=mean, y_std=std,
+                          offline_scorer=scorer)
         _BENCHES[key] = bench
         return bench
 

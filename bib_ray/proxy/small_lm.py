@@ -101,7 +101,7 @@ def pretrain_small_lm(sequences: torch.Tensor, alphabet: str, config: SmallLMCon
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             print(f"pretrain step {step + 1}/{config.steps} mlm_loss={sum(losses[-log_every:]) / log_every:.4f}",
                   flush=True)

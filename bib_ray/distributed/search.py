@@ -1,0 +1,149 @@
+"""``bib-ray search``: Optuna's TPE sampler inside Ray Tune, ASHA early stopping, MLflow logging.
+
+The space file says what to sample; Tune runs the trials on Ray workers (which keep their LM loaded);
+the driver logs a parent run and one child per trial, then writes the best trial as a run file that
+``bib-ray run --config`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bib_ray.distributed.space import SearchSpace, load_search_space
+from bib_ray.distributed.trainable import trial_spec
+from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
+from bib_ray.errors import BibInputError
+from bib_ray.spec import RunSpec, dump_run_spec
+from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.workbench import build_task
+
+
+@dataclass
+class SearchOutcome:
+    """The best trial of a search and where everything went."""
+
+    job: JobOutcome
+    best_spec: RunSpec | None
+    best_metrics: dict[str, Any]
+
+
+def validate_against_task(space: SearchSpace) -> None:
+    """Checks that need the task: an oracle metric needs an oracle."""
+    task = build_task(space.base.task)
+    if space.uses_oracle and not task.has_oracle:
+        raise BibInputError("metric", f"{space.metric} needs an oracle but task {task.name!r} has none",
+                            "use metric offline_proxy_mean")
+
+
+def build_job(space: SearchSpace, store: Store, source_text: str, resume_command: str) -> TuneJob:
+    """The Tune job of a search space."""
+    from optuna.samplers import TPESampler
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    key = space.result_key
+    searcher = OptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed))
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
+    scheduler = None
+    if space.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=space.scheduler.grace_period,
+                                  reduction_factor=space.scheduler.reduction_factor,
+                                  max_t=10 ** 9)
+    param_space: dict[str, Any] = {"base": space.base.model_dump(mode="json"), "seeds": list(space.seeds),
+                                   **space.tune_space()}
+    tags = {"benchmark_mode": str(space.uses_oracle).lower(), "metric": space.metric,
+            "task": space.base.task.name}
+    params = {"sampler": "optuna.TPESampler", "sampler_seed": space.sampler_seed, "metric": space.metric,
+              "mode": space.mode, "trials": space.trials, "concurrency": space.concurrency,
+              "scheduler": space.scheduler.type, "resources.cpu": space.resources.cpu,
+              "resources.gpu": space.resources.gpu, "seeds": ",".join(map(str, space.seeds))}
+    return TuneJob(name=space.name, kind="search", store=store, param_space=param_space,
+                   resources={"cpu": space.resources.cpu, "gpu": space.resources.gpu}, metric=key,
+                   mode=space.mode, num_samples=space.trials, max_concurrent=space.concurrency,
+                   max_failures=space.max_failures, search_alg=searcher, scheduler=scheduler,
+                   parent_tags=tags, parent_params=params, parent_texts={"search_space.yaml": source_text},
+                   resume_command=resume_command)
+
+
+def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, dict[str, Any]]:
+    """The best trial's run spec (seed = the space's first seed) and its final metrics."""
+    key = space.result_key
+    best, best_value = None, None
+    for result in outcome.results:
+        value = (result.metrics or {}).get(key)
+        if result.error or value is None or not math.isfinite(value):
+            continue
+        if best is None or (value > best_value if space.mode == "max" else value < best_value):
+            best, best_value = result, value
+    if best is None:
+        return None, {}
+    spec = trial_spec(best.config).with_updates({"engine.seed": space.seeds[0]})
+    return spec, dict(best.metrics)
+
+
+def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None, resume: bool = False,
+               storage: str | None = None, source_text: str = "", best_output: str | Path = "best.yaml",
+               resume_command: str = "") -> SearchOutcome:
+    """Run a search end to end and log it; returns the best trial."""
+    validate_against_task(space)
+    store = Store(tracking_uri, space.name)
+    init_ray(address)
+    check_resources({"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command)
+    outcome = execute(job, storage_root(storage), resume)
+    if outcome.interrupted:
+        return SearchOutcome(outcome, None, {})
+    best_spec, best_metrics = best_of(outcome, space)
+    parent = outcome.parent_id
+    if best_spec is not None:
+        dump_run_spec(best_spec, best_output)
+        store.log_metrics(parent, {f"best.{k}": v for k, v in best_metrics.items()
+                                   if k in ("normalized_max", "normalized_median", "normalized_mean",
+                                            "offline_proxy_mean", "mean_edit_distance")}, 0)
+        store.log_text(parent, Path(best_output).read_text(), "best.yaml")
+        store.set_tags(parent, {"best_trial_id": best_metrics.get("trial_id", "")})
+    store.set_status(parent, "FINISHED")
+    return SearchOutcome(outcome, best_spec, best_metrics)
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    """CLI entry of ``bib-ray search``."""
+    space = load_search_space(args.space)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    resume_cmd = " ".join(["bib-ray", "search", args.space, "--resume"] +
+                          (["--address", args.address] if args.address else []) +
+                          ["--tracking-uri", uri] + (["--storage", args.storage] if args.storage else []))
+    outcome = run_search(space, uri, args.address, args.resume, args.storage, Path(args.space).read_text(),
+                         args.best_output, resume_cmd)
+    if outcome.job.interrupted:
+        print(f"search interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
+        return 130
+    if outcome.best_spec is None:
+        print("no trial finished with a finite metric; see the MLflow runs' failed_reason tags", file=sys.stderr)
+        return 1
+    m = outcome.best_metrics
+    print(f"best trial {m.get('trial_id')}: {space.metric} = {m.get(space.result_key):.4f}")
+    for key in ("normalized_max", "normalized_median", "offline_proxy_mean", "mean_edit_distance"):
+        if key in m:
+            print(f"  {key:<20} {m[key]:.4f}")
+    print("best config:")
+    for key in space.params:
+        print(f"  {key} = {_get(outcome.best_spec, key)}")
+    print(f"wrote {args.best_output} (bib-ray run --config {args.best_output}); MLflow parent run "
+          f"{outcome.job.parent_id} at {uri}")
+    return 0
+
+
+def _get(spec: RunSpec, dotted: str) -> Any:
+    node: Any = spec.model_dump(mode="json")
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,198 @@
+"""Search spaces: YAML validated into typed objects, then into Ray Tune distributions.
+
+A space names a base run (task, LM, engine defaults), the parameters to sample (dotted paths into the
+run spec with a distribution each), what to optimise, and how to run the trials.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bib_ray.errors import BibInputError
+from bib_ray.spec import RunSpec, describe_validation_error, load_yaml, parse_run_spec
+
+ORACLE_METRICS = ("oracle_max", "oracle_median", "oracle_mean")
+OFFLINE_METRICS = ("offline_proxy_mean", "offline_proxy_max")
+METRICS = ORACLE_METRICS + OFFLINE_METRICS
+RESULT_KEYS = {"oracle_max": "normalized_max", "oracle_median": "normalized_median",
+               "oracle_mean": "normalized_mean", "offline_proxy_mean": "offline_proxy_mean",
+               "offline_proxy_max": "offline_proxy_max"}
+"""Search metric name -> the key of the per-step result that carries it."""
+
+
+class _Dist(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogUniform(_Dist):
+    """Log-uniform on [low, high], both > 0."""
+
+    type: Literal["loguniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> "LogUniform":
+        if self.low <= 0 or self.high <= 0:
+            raise ValueError("log-uniform bounds must be above zero; use type uniform for ranges touching 0")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class Uniform(_Dist):
+    """Uniform on [low, high]."""
+
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> "Uniform":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class IntRange(_Dist):
+    """Integers low..high (inclusive) in steps of ``step``."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "IntRange":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class Categorical(_Dist):
+    """One of ``values``."""
+
+    type: Literal["categorical"]
+    values: list[Any] = Field(min_length=1)
+
+
+Distribution = Annotated[Union[LogUniform, Uniform, IntRange, Categorical], Field(discriminator="type")]
+
+
+class Scheduler(BaseModel):
+    """Early stopping: ``asha`` cuts trials whose per-step metric lags; ``none`` runs all to the end."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(5, ge=1, description="steps every trial runs before it can be cut")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(BaseModel):
+    """Per-trial resources; fractions share a device (gpu: 0.25 runs four trials per GPU)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchSpace(BaseModel):
+    """A hyperparameter search of BIB."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="MLflow experiment and Tune run name")
+    base: RunSpec = Field(default_factory=RunSpec)
+    params: dict[str, Distribution] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    trials: int = Field(16, ge=1, le=100_000)
+    concurrency: int = Field(2, ge=1, le=10_000)
+    metric: str = "oracle_max"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    resources: Resources = Field(default_factory=Resources)
+    sampler_seed: int = Field(0, ge=0)
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose worker dies")
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, value: Any) -> Any:
+        return parse_run_spec(value, "base") if not isinstance(value, RunSpec) else value
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _params_are_run_settings(self) -> "SearchSpace":
+        for key, dist in self.params.items():
+            sample = dist.values[0] if isinstance(dist, Categorical) else dist.low
+            try:
+                self.base.with_updates({key: sample})
+            except BibInputError as err:
+                raise ValueError(f"params.{key} is not a valid run setting: {err}") from None
+        return self
+
+    @property
+    def result_key(self) -> str:
+        """The per-step result key Tune optimises."""
+        return RESULT_KEYS[self.metric]
+
+    @property
+    def uses_oracle(self) -> bool:
+        """Benchmark mode: the metric reads the task's oracle."""
+        return self.metric in ORACLE_METRICS
+
+    def tune_space(self) -> dict[str, Any]:
+        """Ray Tune distributions for the sampled params (keys are dotted run-spec paths)."""
+        from ray import tune
+
+        space: dict[str, Any] = {}
+        for key, dist in self.params.items():
+            if isinstance(dist, LogUniform):
+                space[key] = tune.loguniform(dist.low, dist.high)
+            elif isinstance(dist, Uniform):
+                space[key] = tune.uniform(dist.low, dist.high)
+            elif isinstance(dist, IntRange):
+                space[key] = tune.qrandint(dist.low, dist.high, dist.step) if dist.step > 1 else \
+                    tune.randint(dist.low, dist.high + 1)
+            else:
+                space[key] = tune.choice(list(dist.values))
+        return space
+
+    def contains(self, key: str, value: Any) -> bool:
+        """Whether ``value`` lies inside the declared distribution of ``key``."""
+        dist = self.params[key]
+        if isinstance(dist, Categorical):
+            return value in dist.values
+        ok = dist.low - 1e-12 <= value <= dist.high + 1e-12
+        if isinstance(dist, LogUniform):
+            ok = ok and math.isfinite(math.log(value))
+        if isinstance(dist, IntRange):
+            ok = ok and float(value).is_integer() and (int(value) - dist.low) % dist.step == 0
+        return ok
+
+
+def parse_search_space(data: Any, source: str) -> SearchSpace:
+    """Validate a mapping into a SearchSpace; errors are one line naming the key."""
+    if not isinstance(data, dict):
+        raise BibInputError(source, "must be a YAML mapping", "see search_spaces/bib_default.yaml")
+    try:
+        space = SearchSpace.model_validate(data)
+    except ValidationError as err:
+        raise describe_validation_error(err, source) from None
+    return space
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    return parse_search_space(load_yaml(path, "space"), str(path))

@@ -1,0 +1,112 @@
+"""The Tune trainable: one trial (or ablation cell) = BIB runs of one RunSpec over its seeds.
+
+The LM is loaded once per worker process (:func:`bib_ray.workbench.get_workbench` keeps it) and Tune
+reuses actors between trials, so a worker that runs ten trials loads its LM once; every report
+carries ``lm_loads_in_worker`` to prove it. A trial on a GPU (Ray sets CUDA_VISIBLE_DEVICES from its
+resources, fractions included) places the LM and designs on cuda; otherwise on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESERVED = ("base", "seeds", "cell")
+CRASH_STEP_ENV = "BIB_RAY_TEST_CRASH_AT_STEP"
+CRASH_DIR_ENV = "BIB_RAY_TEST_CRASH_DIR"
+
+
+def trial_spec(config: dict[str, Any]):
+    """The RunSpec a trial config describes: the base with the sampled (dotted) params applied."""
+    from bib_ray.spec import RunSpec
+
+    base = RunSpec.model_validate(config["base"])
+    updates = {key: value for key, value in config.items() if key not in RESERVED}
+    updates.update((config.get("cell") or {}).get("updates", {}))
+    return base.with_updates(updates) if updates else base
+
+
+def _device_for_trial(spec):
+    try:
+        import ray
+
+        gpus = ray.get_gpu_ids()
+    except Exception:  # noqa: BLE001 - outside Ray: keep the spec's device
+        gpus = []
+    if gpus:
+        return spec.with_updates({"device": "cuda"})
+    if spec.device.startswith("cuda"):
+        return spec.with_updates({"device": "cpu"})  # the trial got no GPU: run where it is
+    return spec
+
+
+def _maybe_crash(step: int, trial_id: str) -> None:
+    """Test-only fault injection: the first attempt of each trial kills its worker at a given step.
+
+    Set BIB_RAY_TEST_CRASH_AT_STEP=N and BIB_RAY_TEST_CRASH_DIR=DIR (a marker per trial records that
+    the crash happened, so the retry runs through). Never set these outside tests.
+    """
+    at = os.environ.get(CRASH_STEP_ENV)
+    folder = os.environ.get(CRASH_DIR_ENV)
+    if not at or not folder or step != int(at):
+        return
+    marker = Path(folder) / f"crashed-{trial_id}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    os._exit(17)
+
+
+def bib_trainable(config: dict[str, Any]) -> None:
+    """Tune function trainable: report every step, then a final record with seed-means and designs."""
+    from ray import tune
+
+    from bib_ray import workbench
+    from bib_ray.core.engine import NonFiniteLossError
+    from bib_ray.outputs import designs_rows
+    from bib_ray.runner import run_bib
+
+    spec = _device_for_trial(trial_spec(config))
+    seeds = list(config.get("seeds") or [spec.engine.seed])
+    context = tune.get_context()
+    trial_id = context.get_trial_id() or "local"
+    node = socket.gethostname()
+    started = time.perf_counter()
+    bench = workbench.get_workbench(spec)
+    setup_seconds = time.perf_counter() - started
+    finals: list[dict[str, float]] = []
+    compute_seconds = 0.0
+    iteration = 0
+    last = None
+    for seed in seeds:
+        seeded = spec.with_updates({"engine.seed": seed})
+
+        def on_step(metrics: dict[str, float], seed: int = seed) -> None:
+            nonlocal iteration
+            iteration += 1
+            _maybe_crash(iteration, trial_id)
+            tune.report({**metrics, "seed": seed, "lm_loads_in_worker": workbench.LM_LOADS, "worker_pid": os.getpid(),
+                         "node": node})
+
+        try:
+            last = run_bib(seeded, on_step=on_step, bench=bench)
+        except NonFiniteLossError as err:
+            tune.report({"final": True, "failed_reason": str(err), "lm_loads_in_worker": workbench.LM_LOADS,
+                         "worker_pid": os.getpid(), "node": node, "seed": seed})
+            return
+        compute_seconds += last.seconds["design"]
+        finals.append({k: v for k, v in last.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    summary = {key: float(np.mean([f[key] for f in finals])) for key in finals[0] if key != "seed"
+               if all(key in f for f in finals)}
+    summary.update({f"{key}_std": float(np.std([f[key] for f in finals])) for key in
+                    ("normalized_max", "normalized_median", "offline_proxy_mean") if key in summary})
+    rows = designs_rows(last) if last is not None else []
+    tune.report({**summary, "final": True, "seeds": len(seeds), "lm_loads_in_worker": workbench.LM_LOADS,
+                 "worker_pid": os.getpid(), "node": node, "design_seconds": compute_seconds,
+                 "setup_seconds": setup_seconds, "designs_table": rows})

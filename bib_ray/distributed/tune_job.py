@@ -1,0 +1,153 @@
+"""What searches and ablations share: Ray start-up, a parent MLflow run, a Tune run with the MLflow
+callback, resume after a crash, and a clean stop on Ctrl-C.
+
+State lives in two places that agree: Tune's experiment folder (``<storage>/<name>``, restored by
+``Tuner.restore``) and MLflow (one parent, one child per trial). The parent run id is written into
+the experiment folder, so ``--resume`` continues the same parent and children.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bib_ray.errors import BibInputError
+from bib_ray.tracking.store import Store
+
+PARENT_FILE = "bib_ray_parent_run.txt"
+
+
+@dataclass
+class TuneJob:
+    """One Tune run of BIB trials, logged under one MLflow parent run."""
+
+    name: str
+    kind: str  # "search" or "ablation"
+    store: Store
+    param_space: dict[str, Any]
+    resources: dict[str, float]
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent: int
+    max_failures: int = 2
+    search_alg: Any = None
+    scheduler: Any = None
+    parent_tags: dict[str, Any] = field(default_factory=dict)
+    parent_params: dict[str, Any] = field(default_factory=dict)
+    parent_texts: dict[str, str] = field(default_factory=dict)
+    resume_command: str = ""
+
+
+@dataclass
+class JobOutcome:
+    """What a finished (or interrupted) Tune job left."""
+
+    results: Any  # ray.tune.ResultGrid
+    parent_id: str
+    interrupted: bool
+    experiment_path: Path
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (``address``) or start a local Ray on this machine's cores."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BibInputError("address", f"cannot connect to Ray at {address!r}: {first}",
+                            "start the cluster (ray up / ray start --head) or omit --address") from None
+
+
+def check_resources(resources: dict[str, float], field_name: str = "resources") -> None:
+    """Refuse trials that ask more CPU or GPU than the whole cluster has (they would wait forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        want = float(resources.get(key, 0))
+        have = float(total.get(ray_key, 0))
+        if want > have and not os.environ.get("BIB_RAY_AUTOSCALING"):
+            raise BibInputError(f"{field_name}.{key}", f"each trial asks {want:g} {ray_key} but the cluster has "
+                                f"{have:g}", f"lower {field_name}.{key} (fractions share a device) or add nodes; "
+                                "on an autoscaling cluster set BIB_RAY_AUTOSCALING=1")
+
+
+def storage_root(flag: str | None) -> Path:
+    """Where Tune keeps experiment state: --storage, else ./bib_ray_runs (absolute)."""
+    return Path(flag or "bib_ray_runs").expanduser().resolve()
+
+
+def _parent_run(job: TuneJob, path: Path, resume: bool) -> str:
+    parent_file = path / PARENT_FILE
+    if resume and parent_file.exists():
+        parent_id = parent_file.read_text().strip()
+        job.store.set_status(parent_id, "RUNNING")
+        return parent_id
+    parent_id = job.store.create_run(job.name, {"bib_ray.kind": job.kind, "bib_ray.name": job.name,
+                                                **job.parent_tags})
+    job.store.log_params(parent_id, job.parent_params)
+    for name, text in job.parent_texts.items():
+        job.store.log_text(parent_id, text, name)
+    path.mkdir(parents=True, exist_ok=True)
+    parent_file.write_text(parent_id)
+    return parent_id
+
+
+def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
+    """Run (or resume) the Tune job; mark MLflow runs FINISHED, FAILED or KILLED as they ended."""
+    from ray import tune
+
+    from bib_ray.distributed.mlflow_callback import MLflowTrialCallback
+    from bib_ray.distributed.trainable import bib_trainable
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record; no TB/CSV copies
+    path = storage / job.name
+    restorable = resume and tune.Tuner.can_restore(str(path))
+    if resume and not restorable and not (path / PARENT_FILE).exists():
+        raise BibInputError("--resume", f"nothing to resume in {path}", "run once without --resume")
+    if not resume and path.exists():
+        shutil.rmtree(path)  # a fresh run; MLflow keeps the old runs
+    parent_id = _parent_run(job, path, resume)
+    callback = MLflowTrialCallback(job.store, parent_id, {"bib_ray.kind": job.kind, "bib_ray.name": job.name,
+                                                           **job.parent_tags})
+    trainable = tune.with_resources(bib_trainable, job.resources)
+    run_config = tune.RunConfig(name=job.name, storage_path=str(storage), callbacks=[callback], verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=job.max_failures))
+    if restorable:
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
+                                   param_space=job.param_space)
+        tuner._local_tuner._run_config.callbacks = [callback]  # callbacks are not restored with the run
+    else:
+        tune_config = tune.TuneConfig(metric=job.metric, mode=job.mode, search_alg=job.search_alg,
+                                      scheduler=job.scheduler, num_samples=job.num_samples,
+                                      max_concurrent_trials=job.max_concurrent, reuse_actors=True)
+        tuner = tune.Tuner(trainable, param_space=job.param_space, tune_config=tune_config,
+                           run_config=run_config)
+    interrupted = False
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        results, interrupted = None, True
+    if results is not None:
+        done = results.num_terminated + results.num_errors
+        interrupted = interrupted or done < len(results)
+    if interrupted:
+        for run_id in callback.open_run_ids():
+            job.store.set_status(run_id, "KILLED")
+        job.store.set_status(parent_id, "KILLED")
+    return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path)

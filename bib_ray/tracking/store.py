@@ -1,0 +1,154 @@
+"""Thin, retrying access to an MLflow tracking store.
+
+Why not ``mlflow.start_run``: fluent runs are process-global state, while a search driver keeps one
+parent and many children open at once. The client API takes run ids explicitly. Writes retry on
+SQLite's "database is locked", so several processes can log to one SQLite file without losing a
+metric; past a handful of writers, use an MLflow tracking server (``--tracking-uri http://...``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from bib_ray.errors import BibInputError
+
+T = TypeVar("T")
+DEFAULT_URI = "sqlite:///mlruns.db"
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(flag: str | None) -> str:
+    """``--tracking-uri``, else $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the working folder."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_absolute():
+            uri = "sqlite:///" + str(Path.cwd() / db)
+            db = Path.cwd() / db
+        if not db.parent.is_dir():
+            raise BibInputError("tracking-uri", f"folder {str(db.parent)!r} of the SQLite store does not exist",
+                                "create it or give another --tracking-uri")
+    return uri
+
+
+def retrying(call: Callable[[], T], attempts: int = 30) -> T:
+    """Run an MLflow call, retrying transient store errors (SQLite locks, busy servers)."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy errors in several types
+            text = str(err).lower()
+            transient = "locked" in text or "busy" in text or "timeout" in text or "temporarily" in text
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+class Store:
+    """One MLflow tracking URI, one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        existing = retrying(lambda: self.client.get_experiment_by_name(experiment))
+        if existing is None:
+            try:
+                self.experiment_id = retrying(lambda: self.client.create_experiment(experiment))
+            except Exception:  # noqa: BLE001 - created meanwhile by another process
+                self.experiment_id = retrying(lambda: self.client.get_experiment_by_name(experiment)).experiment_id
+        else:
+            if existing.lifecycle_stage == "deleted":
+                retrying(lambda: self.client.restore_experiment(existing.experiment_id))
+            self.experiment_id = existing.experiment_id
+        self.experiment = experiment
+
+    # runs ---------------------------------------------------------------------------------------
+    def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        """A new run (child of ``parent_id`` when given) and its id."""
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = retrying(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name))
+        return run.info.run_id
+
+    def find_runs(self, filter_string: str, max_results: int = 5000) -> list:
+        """Runs of this experiment matching an MLflow filter string."""
+        return retrying(lambda: self.client.search_runs([self.experiment_id], filter_string,
+                                                        max_results=max_results))
+
+    def children(self, parent_id: str) -> list:
+        """Child runs of a parent."""
+        return self.find_runs(f"tags.mlflow.parentRunId = '{parent_id}'")
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """FINISHED, FAILED, KILLED or RUNNING."""
+        if status == "RUNNING":
+            retrying(lambda: self.client.update_run(run_id, status="RUNNING"))
+        else:
+            retrying(lambda: self.client.set_terminated(run_id, status=status))
+
+    # logging ------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params (stringified, long values cut); existing equal params are fine on resume."""
+        from mlflow.entities import Param
+
+        existing = retrying(lambda: self.client.get_run(run_id)).data.params
+        todo = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(todo), 100):
+            chunk = todo[start:start + 100]
+            retrying(lambda: self.client.log_batch(run_id, params=chunk))
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> int:
+        """Finite numeric metrics at ``step``; returns how many were logged."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for start in range(0, len(batch), 500):
+            chunk = batch[start:start + 500]
+            retrying(lambda: self.client.log_batch(run_id, metrics=chunk))
+        return len(batch)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        """Tags (stringified)."""
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        retrying(lambda: self.client.log_batch(run_id, tags=batch))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """A text artifact."""
+        retrying(lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file artifact."""
+        retrying(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict to dotted keys (``engine.lr``), the param names every run uses."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def open_runs(store: Store, ids: Iterable[str]) -> list[str]:
+    """Which of ``ids`` are still RUNNING."""
+    return [i for i in ids if retrying(lambda i=i: store.client.get_run(i)).info.status == "RUNNING"]
