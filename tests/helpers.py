@@ -1,0 +1,34 @@
+"""Helpers shared by the Ray/MLflow tests: tiny specs and CLI runs in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY_BASE = {
+    "task": "tfbind8",
+    "lm_pretrain": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32, "steps": 20, "batch_size": 32},
+    "engine": {"designs": 16, "steps": 6, "aux_hidden": 8, "aux_epochs": 20},
+}
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``bib-ray ARGS`` in a fresh interpreter, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bib_ray.cli", *args], cwd=cwd, env=full_env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2, one line on stderr naming the problem, no traceback."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], err[-2000:])
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("bib-ray: error:") or "usage:" in line]
+    assert lines, err
+    last = err.splitlines()[-1]
+    assert last.startswith("bib-ray: error:") or "error:" in last, err
+    for needle in needles:
+        assert needle in last, (needle, last)

@@ -1,0 +1,140 @@
+"""A 4-trial search on local Ray: bounds, MLflow parent/children, LM reuse, best config re-runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from bib_ray.distributed.search import run_search
+from bib_ray.distributed.space import parse_search_space
+from bib_ray.errors import BibInputError
+from bib_ray.tracking.store import Store
+
+from helpers import TINY_BASE, assert_one_line_error, run_cli
+
+SPACE = {
+    "name": "tiny_search",
+    "base": TINY_BASE,
+    "params": {
+        "engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
+        "engine.beta_scale": {"type": "loguniform", "low": 0.1, "high": 100.0},
+        "engine.variant": {"type": "categorical", "values": ["forward", "learned"]},
+    },
+    "trials": 4,
+    "concurrency": 2,
+    "scheduler": {"type": "none"},
+}
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    import os
+
+    import ray
+
+    root = tmp_path_factory.mktemp("search")
+    old = os.environ.get("BIB_RAY_CACHE")
+    os.environ["BIB_RAY_CACHE"] = str(root / "cache")
+    space = parse_search_space(SPACE, "space")
+    uri = f"sqlite:///{root}/mlruns.db"
+    outcome = run_search(space, uri, storage=str(root / "runs"), best_output=root / "best.yaml")
+    yield space, uri, outcome, root
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("BIB_RAY_CACHE", None)
+    else:
+        os.environ["BIB_RAY_CACHE"] = old
+
+
+def test_search_completes_and_samples_inside_bounds(search_run):
+    space, _, outcome, _ = search_run
+    results = list(outcome.job.results)
+    assert len(results) == 4 and not any(r.error for r in results)
+    for result in results:
+        for key in space.params:
+            assert space.contains(key, result.config[key]), (key, result.config[key])
+    assert outcome.best_spec is not None
+
+
+def test_mlflow_parent_and_children_match_result_grid(search_run):
+    space, uri, outcome, _ = search_run
+    store = Store(uri, space.name)
+    parent = store.client.get_run(outcome.job.parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sampler_seed"] == "0"
+    assert parent.data.tags["benchmark_mode"] == "true"
+    children = store.children(outcome.job.parent_id)
+    assert len(children) == 4
+    by_trial = {c.data.tags["trial_id"]: c for c in children}
+    for result in outcome.job.results:
+        child = by_trial[result.metrics["trial_id"]]
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["task"] == "tfbind8"
+        assert child.data.tags["variant"] == result.config["engine.variant"]
+        assert math.isclose(float(child.data.params["engine.lr"]), result.config["engine.lr"], rel_tol=1e-12)
+        assert math.isclose(child.data.metrics["normalized_max"], result.metrics["normalized_max"], rel_tol=1e-12)
+        assert [a.path for a in store.client.list_artifacts(child.info.run_id)] == ["designs.csv"]
+        history = store.client.get_metric_history(child.info.run_id, "forward_loss")
+        assert sorted(m.step for m in history) == list(range(1, 8))  # 6 steps + the final (seed-mean) record
+
+
+def test_lm_loaded_once_per_worker(search_run):
+    _, _, outcome, _ = search_run
+    pids = {}
+    for result in outcome.job.results:
+        assert result.metrics["lm_loads_in_worker"] == 1
+        pids.setdefault(result.metrics["worker_pid"], 0)
+        pids[result.metrics["worker_pid"]] += 1
+    assert sum(pids.values()) == 4
+    assert max(pids.values()) >= 2  # actors were reused: some worker ran several trials, still one load
+
+
+def test_best_config_reruns_with_same_scores(search_run):
+    _, _, outcome, root = search_run
+    proc = run_cli(["run", "--config", str(root / "best.yaml"), "--output", str(root / "rerun"), "--no-progress"],
+                   cwd=root, env={"BIB_RAY_CACHE": str(root / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rerun = json.loads((root / "rerun" / "result.json").read_text())
+    for key in ("normalized_max", "normalized_median", "mean_edit_distance"):
+        assert math.isclose(rerun[key], outcome.best_metrics[key], rel_tol=1e-9, abs_tol=1e-9), key
+
+
+def test_gpu_beyond_cluster_is_refused(search_run):
+    space, uri, _, root = search_run
+    bad = parse_search_space({**SPACE, "name": "too_many_gpus", "resources": {"cpu": 1, "gpu": 4}}, "space")
+    with pytest.raises(BibInputError, match="resources.gpu"):
+        run_search(bad, uri, storage=str(root / "runs"))
+    store = Store(uri, "too_many_gpus")
+    assert store.find_runs("attributes.status = 'RUNNING'") == []
+
+
+BAD_SPACES = [
+    ({"unknown_key": 1}, "unknown_key"),
+    ({"trials": "many"}, "trials"),
+    ({"params": {"engine.lr": {"type": "uniform", "low": 1.0, "high": 0.1}}}, "engine.lr"),
+    ({"params": {"engine.lr": {"type": "loguniform", "low": 0.0, "high": 0.1}}}, "engine.lr"),
+    ({"metric": "accuracy"}, "metric"),
+    ({"params": {"engine.nope": {"type": "uniform", "low": 0.0, "high": 0.1}}}, "engine.nope"),
+    ({"base": {**TINY_BASE, "task": {"name": "csv", "options": {"path": "DATA"}}}}, "metric"),
+]
+
+
+@pytest.mark.parametrize("change,needle", BAD_SPACES)
+def test_bad_space_is_one_line_error(tmp_path, change, needle):
+    data = tmp_path / "data.csv"
+    data.write_text("sequence,score\n" + "".join(f"{s},{i}\n" for i, s in enumerate(
+        ["ACGT", "AGGT", "ACCT", "TCGT", "ACGA", "GCGT", "ACTT", "AAGT", "CCGT", "ACGG"])))
+    space = {**SPACE, **change}
+    text = yaml.safe_dump(space).replace("DATA", str(data))
+    (tmp_path / "space.yaml").write_text(text)
+    proc = run_cli(["search", "space.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path)
+    assert_one_line_error(proc, needle)
+    if (tmp_path / "m.db").exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert not [r for r in runs if r.info.status == "RUNNING"]
