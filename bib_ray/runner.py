@@ -95,12 +95,16 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
 
         records = tqdm(records, total=steps, desc=f"BIB {spec.engine.variant} on {task.name}", unit="step")
     last: StepRecord | None = None
+    engine_seconds = 0.0
+    tick = time.perf_counter()
     for record in records:
+        engine_seconds += time.perf_counter() - tick
         metrics = step_metrics(task, record, start, bench)
         trajectory.append(metrics)
         last = record
         if on_step is not None:
             on_step(metrics)
+        tick = time.perf_counter()
     t2 = time.perf_counter()
     designs = last.designs.numpy() if last is not None else start.numpy()
     final = dict(trajectory[-1]) if trajectory else {}
@@ -119,8 +123,8 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
     if not task.has_oracle:
         metrics["note"] = "this task has no oracle: scores are the proxy's (forward ridge) predictions"
     pred = (last.prediction.numpy() * bench.y_std + bench.y_mean).tolist() if last is not None else []
-    seconds = {"setup": t1 - t0, "design": t2 - t1, "design_steps_per_second":
-               (steps * designs.shape[0]) / max(t2 - t1, 1e-9)}
+    seconds = {"setup": t1 - t0, "design": t2 - t1, "engine": engine_seconds,
+               "design_steps_per_second": (steps * designs.shape[0]) / max(engine_seconds, 1e-9)}
     return RunResult(metrics=metrics, trajectory=trajectory, start=task.decode(start.numpy()),
                      designs=task.decode(designs), scores=scores, predictions=pred, spec=spec,
                      seconds=seconds)

@@ -8,6 +8,7 @@ prove each worker loaded its LM once. Offline embeddings are also cached on disk
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Workbench:
     y_mean: float
     y_std: float
     offline_scorer: AdditiveOfflineScorer | None = None
+    cache_key: str = ""  # LM and task fingerprints: names this workbench's disk caches
     _fits: dict = field(default_factory=dict)
     _aux: dict = field(default_factory=dict)
 
@@ -49,15 +51,26 @@ class Workbench:
         return self._fits[beta_scale]
 
     def auxiliary(self, heads: int, hidden: int, epochs: int, seed: int) -> torch.nn.Module:
-        """The auxiliary ensemble f_a for one recipe and seed (memoised)."""
+        """The auxiliary ensemble f_a for one recipe and seed (memoised, and cached on disk: training
+        it costs seconds, and every trial of every search on this LM and seed can reuse it)."""
         key = (heads, hidden, epochs, seed)
         if key not in self._aux:
-            self._aux[key] = fit_auxiliary(self.phi_l, self.y_z, heads, hidden, epochs, seed)
+            path = cache_root() / "auxiliary" / f"{self.cache_key}-{heads}-{hidden}-{epochs}-{seed}.pt"
+            if path.exists():
+                self._aux[key] = torch.load(path, weights_only=False)
+            else:
+                aux = fit_auxiliary(self.phi_l, self.y_z, heads, hidden, epochs, seed)
+                _atomic_save(aux, path)
+                self._aux[key] = aux
         return self._aux[key]
 
 
 def _embedding_cache_file(proxy: LMProxy, task: Task) -> Path:
-    return cache_root() / "embeddings" / f"{proxy.fingerprint()}-{task.fingerprint()}.pt"
+    return cache_root() / "embeddings" / f"{_cache_key(proxy, task)}.pt"
+
+
+def _cache_key(proxy: LMProxy, task: Task) -> str:
+    return f"{proxy.fingerprint()}-{task.fingerprint()}"
 
 
 def embed_offline(proxy: LMProxy, task: Task, use_disk: bool = True) -> torch.Tensor:
@@ -67,11 +80,16 @@ def embed_offline(proxy: LMProxy, task: Task, use_disk: bool = True) -> torch.Te
         return torch.load(path)
     phi = proxy.embed_sequences(torch.tensor(np.asarray(task.offline_x), dtype=torch.long)).float()
     if use_disk:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        torch.save(phi, tmp)
-        tmp.replace(path)
+        _atomic_save(phi, path)
     return phi
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """torch.save through a temporary file, so a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 def resolve_lm_source(spec: RunSpec, task: Task, log_every: int = 0) -> str:
@@ -105,7 +123,7 @@ def get_workbench(spec: RunSpec, log_every: int = 0) -> Workbench:
         y_z = (y - mean) / std
         scorer = AdditiveOfflineScorer(np.asarray(task.offline_x), y_z, len(task.alphabet))
         bench = Workbench(task=task, proxy=proxy, phi_l=phi, y_z=torch.from_numpy(y_z), y_mean=mean, y_std=std,
-                          offline_scorer=scorer)
+                          offline_scorer=scorer, cache_key=_cache_key(proxy, task))
         _BENCHES[key] = bench
         return bench
 

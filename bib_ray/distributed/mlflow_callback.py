@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Any
 
 from ray.tune import Callback
@@ -18,6 +19,7 @@ from ray.tune import Callback
 from bib_ray.distributed.trainable import trial_spec
 from bib_ray.tracking.store import Store, flatten
 
+FLUSH_SECONDS = 2.0
 SKIP_METRICS = {"step", "final", "seeds", "done", "training_iteration", "time_this_iter_s", "time_total_s",
                 "timestamp", "worker_pid", "pid", "iterations_since_restore", "time_since_restore",
                 "lm_loads_in_worker", "seed"}
@@ -44,11 +46,15 @@ class MLflowTrialCallback(Callback):
         self.last_step: dict[str, int] = {}
         self.finished: set[str] = set()
         self.failed: set[str] = set()
+        self.pending: dict[str, list[tuple[int, dict]]] = {}
+        self.tagged_node: set[str] = set()
+        self.flushed_at = time.monotonic()
 
     def __getstate__(self) -> dict:
         """Tune pickles its run config (callbacks included): keep the store's address, not its client."""
         state = dict(self.__dict__)
         state["store"] = (self.store.uri, self.store.experiment)
+        state["pending"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -92,19 +98,34 @@ class MLflowTrialCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self._run_for(trial)
         trial_id = trial.trial_id
-        step = int(result.get("training_iteration", 0))
         if result.get("final"):
             self._finish(trial, run_id, result)
             return
-        if step <= self.last_step.get(trial_id, 0):
-            return  # a retried attempt replays steps already logged: same seed, same numbers
-        metrics = {k: v for k, v in result.items() if k not in SKIP_METRICS}
-        self.store.log_metrics(run_id, metrics, step)
-        self.last_step[trial_id] = step
-        if "node" in result:
+        if "node" in result and trial_id not in self.tagged_node:
             self.store.set_tags(run_id, {"node": result["node"]})
+            self.tagged_node.add(trial_id)
+        for row in result.get("history") or []:
+            step = int(row["step"])
+            if step <= self.last_step.get(trial_id, 0):
+                continue  # a retried attempt replays steps already logged: same seed, same numbers
+            metrics = {k: v for k, v in row.items() if k not in SKIP_METRICS}
+            self.pending.setdefault(trial_id, []).append((step, metrics))
+            self.last_step[trial_id] = step
+        if time.monotonic() - self.flushed_at > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self, trial_id: str | None = None) -> None:
+        """Write buffered per-step metrics (one batched call per trial instead of one per step)."""
+        ids = [trial_id] if trial_id is not None else list(self.pending)
+        for tid in ids:
+            rows = self.pending.pop(tid, [])
+            if rows:
+                self.store.log_metric_rows(self.runs[tid], rows)
+        if trial_id is None:
+            self.flushed_at = time.monotonic()
 
     def _finish(self, trial, run_id: str, result: dict) -> None:
+        self.flush(trial.trial_id)
         if result.get("failed_reason"):
             self.store.set_tags(run_id, {"failed_reason": result["failed_reason"]})
             self.store.set_status(run_id, "FAILED")
@@ -112,8 +133,8 @@ class MLflowTrialCallback(Callback):
             return
         # The final record's metrics (seed means) under the same names, at the last iteration: MLflow's
         # latest value of each metric is then exactly Tune's last result.
-        final = {k: v for k, v in result.items() if k not in SKIP_METRICS and k != "designs_table"}
-        self.store.log_metrics(run_id, final, int(result.get("training_iteration", 0)))
+        final = {k: v for k, v in result.items() if k not in SKIP_METRICS and k not in ("designs_table", "history")}
+        self.store.log_metrics(run_id, final, self.last_step.get(trial.trial_id, 0) + 1)
         self.store.set_tags(run_id, {"lm_loads_in_worker": result.get("lm_loads_in_worker"),
                                      "worker_pid": result.get("worker_pid"), "node": result.get("node", "")})
         if result.get("designs_table"):
@@ -126,6 +147,7 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._run_for(trial)
+        self.flush(trial.trial_id)
         if trial.trial_id not in self.finished and trial.trial_id not in self.failed:
             self.store.set_tags(run_id, {"stopped": "early stopping (scheduler)"})
             self.store.set_status(run_id, "FINISHED")
@@ -133,6 +155,7 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._run_for(trial)
+        self.flush(trial.trial_id)
         reason = "worker failed"
         error_file = getattr(trial, "error_file", None) or ""
         try:
@@ -143,6 +166,9 @@ class MLflowTrialCallback(Callback):
         self.store.set_tags(run_id, {"failed_reason": reason})
         self.store.set_status(run_id, "FAILED")
         self.failed.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.flush()
 
     def open_run_ids(self) -> list[str]:
         """Child runs this callback opened and did not close."""

@@ -18,7 +18,8 @@ import yaml
 
 from bib_ray.distributed.space import SearchSpace, load_search_space
 from bib_ray.distributed.trainable import trial_spec
-from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
+from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, execute, open_store_while_ray_starts,
+                                         storage_root)
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, dump_run_spec
 from bib_ray.tracking.store import Store, resolve_tracking_uri
@@ -54,10 +55,11 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
     if space.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=space.scheduler.grace_period,
+        scheduler = ASHAScheduler(time_attr="step", grace_period=space.scheduler.grace_period,
                                   reduction_factor=space.scheduler.reduction_factor,
                                   max_t=10 ** 9)
     param_space: dict[str, Any] = {"base": space.base.model_dump(mode="json"), "seeds": list(space.seeds),
+                                   "report_every": space.report_every,
                                    **space.tune_space()}
     tags = {"benchmark_mode": str(space.uses_oracle).lower(), "metric": space.metric,
             "task": space.base.task.name}
@@ -94,8 +96,7 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
                resume_command: str = "") -> SearchOutcome:
     """Run a search end to end and log it; returns the best trial."""
     validate_against_task(space)
-    store = Store(tracking_uri, space.name)
-    init_ray(address)
+    store = open_store_while_ray_starts(tracking_uri, space.name, address)
     check_resources({"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command)
     outcome = execute(job, storage_root(storage), resume)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-RESERVED = ("base", "seeds", "cell")
+RESERVED = ("base", "seeds", "cell", "report_every")
 CRASH_STEP_ENV = "BIB_RAY_TEST_CRASH_AT_STEP"
 CRASH_DIR_ENV = "BIB_RAY_TEST_CRASH_DIR"
 
@@ -43,6 +43,20 @@ def _device_for_trial(spec):
     if spec.device.startswith("cuda"):
         return spec.with_updates({"device": "cpu"})  # the trial got no GPU: run where it is
     return spec
+
+
+def _match_threads_to_cpus() -> None:
+    """torch's intra-op threads = the CPUs Ray gave this trial (a worker that imported torch before it
+    got its resources would otherwise use every core and oversubscribe the node)."""
+    import torch
+
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # noqa: BLE001 - outside Ray
+        return
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 def _maybe_crash(step: int, trial_id: str) -> None:
@@ -72,6 +86,7 @@ def bib_trainable(config: dict[str, Any]) -> None:
     from bib_ray.outputs import designs_rows
     from bib_ray.runner import run_bib
 
+    _match_threads_to_cpus()
     spec = _device_for_trial(trial_spec(config))
     seeds = list(config.get("seeds") or [spec.engine.seed])
     context = tune.get_context()
@@ -83,16 +98,26 @@ def bib_trainable(config: dict[str, Any]) -> None:
     finals: list[dict[str, float]] = []
     compute_seconds = 0.0
     iteration = 0
+    history: list[dict[str, float]] = []
+    run_seconds = 0.0
+    report_every = max(1, int(config.get("report_every", 5)))
     last = None
     for seed in seeds:
         seeded = spec.with_updates({"engine.seed": seed})
 
-        def on_step(metrics: dict[str, float], seed: int = seed) -> None:
+        steps = seeded.engine.steps_for(bench.task.default_steps)
+
+        def on_step(metrics: dict[str, float], seed: int = seed, steps: int = steps) -> None:
             nonlocal iteration
             iteration += 1
             _maybe_crash(iteration, trial_id)
-            tune.report({**metrics, "seed": seed, "lm_loads_in_worker": workbench.LM_LOADS, "worker_pid": os.getpid(),
-                         "node": node})
+            history.append({**metrics, "step": iteration})
+            if iteration % report_every == 0 or metrics["step"] == steps:
+                # Every report waits for the driver, so steps travel in small batches; "step" (the
+                # global step) is the schedulers' clock and "history" keeps every step for MLflow.
+                tune.report({**metrics, "step": iteration, "history": list(history), "seed": seed,
+                             "lm_loads_in_worker": workbench.LM_LOADS, "worker_pid": os.getpid(), "node": node})
+                history.clear()
 
         try:
             last = run_bib(seeded, on_step=on_step, bench=bench)
@@ -100,7 +125,8 @@ def bib_trainable(config: dict[str, Any]) -> None:
             tune.report({"final": True, "failed_reason": str(err), "lm_loads_in_worker": workbench.LM_LOADS,
                          "worker_pid": os.getpid(), "node": node, "seed": seed})
             return
-        compute_seconds += last.seconds["design"]
+        compute_seconds += last.seconds["engine"]
+        run_seconds += last.seconds["setup"] + last.seconds["design"]
         finals.append({k: v for k, v in last.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     summary = {key: float(np.mean([f[key] for f in finals])) for key in finals[0] if key != "seed"
                if all(key in f for f in finals)}
@@ -109,4 +135,5 @@ def bib_trainable(config: dict[str, Any]) -> None:
     rows = designs_rows(last) if last is not None else []
     tune.report({**summary, "final": True, "seeds": len(seeds), "lm_loads_in_worker": workbench.LM_LOADS,
                  "worker_pid": os.getpid(), "node": node, "design_seconds": compute_seconds,
+                 "run_seconds": run_seconds, "trial_seconds": time.perf_counter() - started,
                  "setup_seconds": setup_seconds, "designs_table": rows})

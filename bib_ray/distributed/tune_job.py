@@ -59,7 +59,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False,
+                              "runtime_env": {"worker_process_setup_hook":
+                                              "bib_ray.distributed.warmup.import_heavy_modules"}}
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -69,6 +71,19 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BibInputError("address", f"cannot connect to Ray at {address!r}: {first}",
                             "start the cluster (ray up / ray start --head) or omit --address") from None
+
+
+def open_store_while_ray_starts(tracking_uri: str, experiment: str, address: str | None) -> Store:
+    """Open the MLflow store (a new SQLite file runs its migrations: seconds) while Ray starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(Store, tracking_uri, experiment)
+        try:
+            init_ray(address)
+        finally:
+            store = future.result()
+    return store
 
 
 def check_resources(resources: dict[str, float], field_name: str = "resources") -> None:
@@ -115,7 +130,7 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record; no TB/CSV copies
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record: JSON only, no TB/CSV
     path = storage / job.name
     restorable = resume and tune.Tuner.can_restore(str(path))
     if resume and not restorable and not (path / PARENT_FILE).exists():
@@ -126,12 +141,15 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
     callback = MLflowTrialCallback(job.store, parent_id, {"bib_ray.kind": job.kind, "bib_ray.name": job.name,
                                                            **job.parent_tags})
     trainable = tune.with_resources(bib_trainable, job.resources)
-    run_config = tune.RunConfig(name=job.name, storage_path=str(storage), callbacks=[callback], verbose=0,
+    from ray.tune.logger import JsonLoggerCallback
+
+    callbacks = [callback, JsonLoggerCallback()]  # result.json per trial, which Tune's result grid reads
+    run_config = tune.RunConfig(name=job.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=job.max_failures))
     if restorable:
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=job.param_space)
-        tuner._local_tuner._run_config.callbacks = [callback]  # callbacks are not restored with the run
+        tuner._local_tuner._run_config.callbacks = callbacks  # a fresh callback, not the pickled one
     else:
         tune_config = tune.TuneConfig(metric=job.metric, mode=job.mode, search_alg=job.search_alg,
                                       scheduler=job.scheduler, num_samples=job.num_samples,

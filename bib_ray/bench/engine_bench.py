@@ -1,0 +1,68 @@
+"""``bib-ray bench engine``: the batched engine against the authors' one-design-at-a-time loop.
+
+Same task, LM, variant and steps. The batch optimises all M designs per LM call; the loop runs the
+same engine with M = 1, design after design, as the authors' code does. The loop's rate is per
+design and does not depend on which design, so a sample of ``--loop-designs`` designs times it.
+Prints design-steps per second of each, peak memory, and last ``speedup_vs_loop=<ratio>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from bib_ray.runner import build_engine
+from bib_ray.spec import RunSpec
+from bib_ray.workbench import get_workbench
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_engine(spec: RunSpec, bench, steps: int, start_slice: slice | None = None) -> float:
+    engine, _ = build_engine(spec, bench)
+    if start_slice is not None:
+        from bib_ray.core.engine import BIBEngine
+
+        engine = BIBEngine(engine.embed, engine.fit, engine.auxiliary, spec.engine,
+                           engine.start[start_slice], engine.z.shape[-1], engine.device)
+    t0 = time.perf_counter()
+    for _ in engine.run(steps):
+        pass
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark and print its figures."""
+    spec = RunSpec().with_updates({"task.name": args.task, "engine.variant": args.variant,
+                                   "engine.designs": args.designs})
+    bench = get_workbench(spec)
+    steps = args.steps or 20
+    device = bench.proxy.device
+    print(f"task={bench.task.name} lm={bench.proxy.name} variant={args.variant} M={args.designs} steps={steps} "
+          f"device={device} threads={torch.get_num_threads()}")
+    _time_engine(spec.with_updates({"engine.designs": 2}), bench, 2)  # warm-up
+    rss0 = _peak_rss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    batched_s = _time_engine(spec, bench, steps)
+    batched_rate = args.designs * steps / batched_s
+    rss_batched = _peak_rss_mib()
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    loop_n = min(args.loop_designs, args.designs)
+    loop_s = sum(_time_engine(spec, bench, steps, slice(i, i + 1)) for i in range(loop_n))
+    loop_rate = loop_n * steps / loop_s
+    print(f"batched: {batched_rate:10.1f} design-steps/s  ({batched_s:.2f} s for {args.designs} designs x {steps} steps)")
+    print(f"loop:    {loop_rate:10.1f} design-steps/s  ({loop_s:.2f} s for {loop_n} designs x {steps} steps, "
+          f"extrapolated {args.designs * steps / loop_rate:.1f} s for {args.designs})")
+    print(f"peak_rss_mib={rss_batched:.0f} (before the batched run {rss0:.0f})")
+    if cuda_peak is not None:
+        print(f"peak_cuda_mib={cuda_peak:.0f}")
+    print(f"speedup_vs_loop={batched_rate / loop_rate:.2f}")
+    return 0

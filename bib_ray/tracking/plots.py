@@ -1,0 +1,168 @@
+"""Ablation plots: final scores per variant (with every seed shown) and score trajectories over steps.
+
+Why matplotlib's object API with the Agg canvas (not ``pyplot``): no display is needed or touched, no
+global backend is switched under a notebook or a Ray worker, and figures are freed when they go out of
+scope instead of piling up in pyplot's registry.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from bib_ray.tracking.store import retrying
+
+PANEL_W, PANEL_H, DPI = 5.0, 4.2, 110
+MAX_COLUMNS = 3
+
+
+def _figure(panels: int, height: float = PANEL_H):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(panels, MAX_COLUMNS))
+    nrows = max(1, math.ceil(panels / ncols))
+    fig = Figure(figsize=(PANEL_W * ncols, height * nrows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:max(panels, 1)]
+
+
+def _by_task(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["task"], []).append(row)
+    return {task: groups[task] for task in sorted(groups)}
+
+
+def _labels(rows: list[dict[str, Any]]) -> list[str]:
+    from bib_ray.tracking.report import variant_sort_key
+
+    return sorted({r["variant"] for r in rows}, key=variant_sort_key)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_scores(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """One panel per task: per variant, bars of the mean final max and median over seeds, each seed a dot.
+
+    Why dots and not error bars: with 2-5 seeds the individual values say more about spread (and an
+    outlier seed) than a std does. Tasks without an oracle plot proxy scores, and their axis says so.
+    """
+    from bib_ray.tracking.report import score_metric, score_source
+
+    tasks = _by_task(rows)
+    fig, axes = _figure(len(tasks))
+    width = 0.36
+    for ax, (task, task_rows) in zip(axes, tasks.items()):
+        source = score_source(task_rows)
+        labels = _labels(task_rows)
+        x = np.arange(len(labels))
+        for offset, column, color in ((-width / 2, "max", "tab:blue"), (width / 2, "median", "tab:orange")):
+            metric = score_metric(source, column)
+            means = []
+            for i, label in enumerate(labels):
+                values = [r["metrics"][metric] for r in task_rows if r["variant"] == label and metric in r["metrics"]]
+                means.append(float(np.mean(values)) if values else np.nan)
+                if values:
+                    jitter = np.linspace(-width / 4, width / 4, len(values)) if len(values) > 1 else np.zeros(1)
+                    ax.scatter(x[i] + offset + jitter, values, s=18, color="black", zorder=3,
+                               label="one seed" if i == 0 and column == "max" else None)
+            ax.bar(x + offset, means, width, color=color, alpha=0.55, label=f"{column} (mean over seeds)")
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set_title(task)
+        ax.set_ylabel("normalized score" if source == "normalized" else "proxy score (no oracle)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    if not tasks:
+        axes[0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
+    fig.suptitle("Final design scores per variant")
+    return _save(fig, path)
+
+
+def metric_steps(client: Any, run_id: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1..T and values of a metric's per-step history, without the final record at step T+1.
+
+    Why drop the last step: the driver logs the final values once more at step T+1 (so the latest value
+    is the final one); plotted, it would look like an extra design step. A retried step logged twice
+    keeps its latest value.
+    """
+    client = getattr(client, "client", client)
+    history = retrying(lambda: client.get_metric_history(run_id, metric))
+    latest: dict[int, tuple[int, float]] = {}
+    for m in history:
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    steps = sorted(latest)
+    if len(steps) > 1:
+        steps = steps[:-1]
+    return np.array(steps, dtype=int), np.array([latest[s][1] for s in steps], dtype=float)
+
+
+def trajectory_data(client: Any, rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per variant label: ``steps``, and ``mean``, ``min``, ``max`` over seeds at each step.
+
+    A step some seed lacks (a shorter run) is averaged over the seeds that have it.
+    """
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for label in _labels(rows):
+        per_step: dict[int, list[float]] = {}
+        for row in rows:
+            if row["variant"] != label:
+                continue
+            steps, values = metric_steps(client, row["run_id"], metric)
+            for s, v in zip(steps, values):
+                per_step.setdefault(int(s), []).append(float(v))
+        steps = np.array(sorted(per_step), dtype=int)
+        out[label] = {"steps": steps,
+                      "mean": np.array([np.mean(per_step[s]) for s in steps], dtype=float),
+                      "min": np.array([np.min(per_step[s]) for s in steps], dtype=float),
+                      "max": np.array([np.max(per_step[s]) for s in steps], dtype=float)}
+    return out
+
+
+def plot_trajectories(client: Any, children: list, path: str | Path) -> Path:
+    """One panel per task: normalized max (proxy max without an oracle) against design step per variant.
+
+    The line is the mean over seeds, the shaded band the min-max over seeds. ``children`` are rows from
+    :func:`bib_ray.tracking.report.collect_cells` (or MLflow child runs; unfinished ones are skipped).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    from bib_ray.tracking.report import collect_cells, score_metric, score_source
+
+    if children and not isinstance(children[0], dict):
+        children = collect_cells(client, "", children)
+    tasks = _by_task(children)
+    fig, axes = _figure(len(tasks))
+    colors = {}
+    for ax, (task, task_rows) in zip(axes, tasks.items()):
+        source = score_source(task_rows)
+        metric = score_metric(source, "max")
+        for label, data in trajectory_data(client, task_rows, metric).items():
+            if not data["steps"].size:
+                continue
+            color = colors.setdefault(label, f"C{len(colors) % 10}")
+            ax.plot(data["steps"], data["mean"], color=color, label=label)
+            ax.fill_between(data["steps"], data["min"], data["max"], color=color, alpha=0.2, linewidth=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(task)
+        ax.set_xlabel("design step")
+        ax.set_ylabel(metric + ("" if source == "normalized" else " (no oracle)"))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if not tasks:
+        axes[0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
+    fig.suptitle("Best design score over steps (mean over seeds, band: min-max)")
+    return _save(fig, path)
