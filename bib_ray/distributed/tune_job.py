@@ -40,6 +40,7 @@ class TuneJob:
     parent_params: dict[str, Any] = field(default_factory=dict)
     parent_texts: dict[str, str] = field(default_factory=dict)
     resume_command: str = ""
+    existing_parent: str | None = None  # reopen this parent run instead of creating one
 
 
 @dataclass
@@ -111,6 +112,11 @@ def _parent_run(job: TuneJob, path: Path, resume: bool) -> str:
         parent_id = parent_file.read_text().strip()
         job.store.set_status(parent_id, "RUNNING")
         return parent_id
+    if job.existing_parent:
+        job.store.set_status(job.existing_parent, "RUNNING")
+        path.mkdir(parents=True, exist_ok=True)
+        parent_file.write_text(job.existing_parent)
+        return job.existing_parent
     parent_id = job.store.create_run(job.name, {"bib_ray.kind": job.kind, "bib_ray.name": job.name,
                                                 **job.parent_tags})
     job.store.log_params(parent_id, job.parent_params)

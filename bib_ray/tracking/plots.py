@@ -164,5 +164,5 @@ def plot_trajectories(client: Any, children: list, path: str | Path) -> Path:
             ax.legend(fontsize="small")
     if not tasks:
         axes[0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
-    fig.suptitle("Best design score over steps (mean over seeds, band: min-max)")
+    fig.suptitle("Best design score per step\n(mean over seeds, band: min to max)")
     return _save(fig, path)

@@ -36,6 +36,15 @@ def resolve_tracking_uri(flag: str | None) -> str:
     return uri
 
 
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database (``<db folder>/mlartifacts``), not into
+    ./mlruns of whatever folder the command ran in; servers choose their own location (None)."""
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+        return folder.as_uri()
+    return None
+
+
 def retrying(call: Callable[[], T], attempts: int = 30) -> T:
     """Run an MLflow call, retrying transient store errors (SQLite locks, busy servers)."""
     delay = 0.05
@@ -63,8 +72,9 @@ class Store:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         existing = retrying(lambda: self.client.get_experiment_by_name(experiment))
         if existing is None:
+            location = default_artifact_location(tracking_uri)
             try:
-                self.experiment_id = retrying(lambda: self.client.create_experiment(experiment))
+                self.experiment_id = retrying(lambda: self.client.create_experiment(experiment, location))
             except Exception:  # noqa: BLE001 - created meanwhile by another process
                 self.experiment_id = retrying(lambda: self.client.get_experiment_by_name(experiment)).experiment_id
         else:

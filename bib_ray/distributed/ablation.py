@@ -1,0 +1,110 @@
+"""``bib-ray ablate``: every cell of a plan as a Tune trial on LM-hosting Ray workers, one MLflow
+parent per ablation name, then the comparison table rebuilt from MLflow.
+
+Re-running a plan reopens the same parent and skips cells whose key already has a FINISHED child
+(``--force`` starts a new parent and re-runs all); ``--resume`` continues an interrupted run from
+Tune's saved state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, load_plan
+from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
+from bib_ray.errors import BibInputError
+from bib_ray.spec import RunSpec
+from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.workbench import build_task
+
+
+@dataclass
+class AblationOutcome:
+    """What an ablation run did."""
+
+    parent_id: str | None
+    cells: list[Cell]
+    skipped: list[Cell]
+    job: JobOutcome | None
+    report: object | None
+
+
+def _latest_parent(store: Store, name: str) -> str | None:
+    runs = store.find_runs(f"tags.`bib_ray.kind` = 'ablation' and tags.`bib_ray.name` = '{name}'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents.sort(key=lambda r: r.info.start_time, reverse=True)
+    return parents[0].info.run_id if parents else None
+
+
+def finished_keys(store: Store, parent_id: str) -> set[str]:
+    """Cell keys with a FINISHED child under ``parent_id``."""
+    return {r.data.tags.get("cell_key") for r in store.children(parent_id) if r.info.status == "FINISHED"}
+
+
+def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: str | None = None,
+                 resume: bool = False, force: bool = False, storage: str | None = None,
+                 source_text: str = "", out_dir: str | Path = "ablation_report",
+                 resume_command: str = "") -> AblationOutcome:
+    """Run the plan's unfinished cells, then build the report."""
+    from ray import tune
+
+    from bib_ray.tracking.report import build_report
+
+    cells = expand_cells(plan, base)
+    for task in {c.spec.task.key(): c.spec.task for c in cells}.values():
+        build_task(task)  # a bad task or option fails here, before Ray or MLflow start
+    store = Store(tracking_uri, plan.name)
+    parent_id = None if force else _latest_parent(store, plan.name)
+    done = finished_keys(store, parent_id) if parent_id and not resume else set()
+    todo = [c for c in cells if c.key not in done]
+    skipped = [c for c in cells if c.key in done]
+    job_outcome = None
+    if todo or resume:
+        init_ray(address)  # only when there is work: a re-run of a finished plan just reports
+        check_resources({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu})
+        job = TuneJob(name=plan.name, kind="ablation", store=store,
+                      param_space={"base": base.model_dump(mode="json"), "report_every": 5,
+                                   "cell": tune.grid_search([c.as_config() for c in todo])},
+                      resources={"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}, metric=None, mode=None,
+                      num_samples=1, max_concurrent=plan.concurrency, max_failures=plan.max_failures,
+                      parent_tags={"plan_cells": len(cells)},
+                      parent_params={"tasks": ",".join(sorted({c.spec.task.name for c in cells})),
+                                     "variants": ",".join(plan.variants), "baseline": plan.baseline,
+                                     "adaptive_eta": ",".join(str(e).lower() for e in plan.adaptive_eta),
+                                     "seeds": ",".join(map(str, plan.seeds))},
+                      parent_texts={"ablation_plan.yaml": source_text or yaml.safe_dump(plan.model_dump(mode="json"))},
+                      resume_command=resume_command, existing_parent=parent_id)
+        job_outcome = execute(job, storage_root(storage), resume)
+        parent_id = job_outcome.parent_id
+        if job_outcome.interrupted:
+            return AblationOutcome(parent_id, cells, skipped, job_outcome, None)
+    if parent_id is None:
+        raise BibInputError("plan", "the plan has no cells", "list at least one variant, eta value and seed")
+    report = build_report(store, parent_id, out_dir)
+    store.set_status(parent_id, "FINISHED")
+    return AblationOutcome(parent_id, cells, skipped, job_outcome, report)
+
+
+def run_ablation_command(args: argparse.Namespace) -> int:
+    """CLI entry of ``bib-ray ablate``."""
+    plan, base = load_plan(args.plan)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    resume_cmd = " ".join(["bib-ray", "ablate", args.plan, "--resume"] +
+                          (["--address", args.address] if args.address else []) +
+                          ["--tracking-uri", uri] + (["--storage", args.storage] if args.storage else []))
+    outcome = run_ablation(plan, base, uri, args.address, args.resume, args.force, args.storage,
+                           Path(args.plan).read_text(), args.output, resume_cmd)
+    if outcome.job is not None and outcome.job.interrupted:
+        print(f"ablation interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
+        return 130
+    ran = len(outcome.cells) - len(outcome.skipped)
+    print(f"ablation {plan.name}: {ran} cells run, {len(outcome.skipped)} already finished (skipped"
+          f"{'' if not outcome.skipped else '; --force re-runs them'})")
+    print(outcome.report.markdown)
+    print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} at {uri}")
+    return 0

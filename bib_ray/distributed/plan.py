@@ -1,0 +1,151 @@
+"""Ablation plans: YAML validated into typed objects, expanded into cells.
+
+A plan crosses tasks x variants x Adaptive-eta (on/off) x seeds, optionally adds the ``grad``
+baseline, and lets cells override any run setting by matching on task, variant or eta. Each cell is a
+dotted-path update of the base run spec; its key (a hash of the plan name and the cell's full run
+spec) is how a re-run recognises a cell that already finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bib_ray.core.config import VARIANTS
+from bib_ray.distributed.space import Resources
+from bib_ray.errors import BibInputError
+from bib_ray.spec import RunSpec, TaskSpec, describe_validation_error, load_run_spec, load_yaml, parse_run_spec
+
+
+class Override(BaseModel):
+    """Run settings for the cells that match (every given field must match)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: dict[str, Any] = Field(default_factory=dict, description="keys: task, variant, adaptive_eta, seed")
+    set: dict[str, Any] = Field(min_length=1, description="dotted run settings, e.g. engine.gamma_lr: 0.05")
+
+    @field_validator("match")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - {"task", "variant", "adaptive_eta", "seed"}
+        if unknown:
+            raise ValueError(f"unknown match key(s) {sorted(unknown)}; use task, variant, adaptive_eta, seed")
+        return value
+
+
+class AblationPlan(BaseModel):
+    """An ablation study of BIB."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="MLflow experiment and parent run name")
+    base: RunSpec = Field(default_factory=RunSpec)
+    base_from: str | None = Field(None, description="a run file (e.g. a search's best.yaml) to use as base")
+    tasks: list[TaskSpec] = Field(default_factory=list, description="default: the base task")
+    variants: list[str] = Field(default_factory=lambda: ["forward", "backward", "fixed", "learned"], min_length=1)
+    adaptive_eta: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    baseline: bool = Field(True, description="add the grad baseline (with each adaptive_eta value)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    overrides: list[Override] = Field(default_factory=list)
+    concurrency: int = Field(2, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: int = Field(2, ge=0)
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, value: Any) -> Any:
+        return parse_run_spec(value, "base") if not isinstance(value, RunSpec) else value
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: list[str]) -> list[str]:
+        for variant in value:
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_are_run_settings(self) -> "AblationPlan":
+        for i, override in enumerate(self.overrides):
+            try:
+                self.base.with_updates(override.set)
+            except BibInputError as err:
+                raise ValueError(f"overrides[{i}].set: {err}") from None
+        return self
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the plan."""
+
+    name: str
+    key: str
+    updates: dict[str, Any]
+    spec: RunSpec
+
+    def as_config(self) -> dict[str, Any]:
+        """What the trainable receives under ``cell``."""
+        return {"name": self.name, "key": self.key, "updates": self.updates}
+
+
+def _matches(match: dict[str, Any], task: str, variant: str, eta: bool, seed: int) -> bool:
+    values = {"task": task, "variant": variant, "adaptive_eta": eta, "seed": seed}
+    return all(values[k] == v for k, v in match.items())
+
+
+def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
+    """Every cell of the plan, in a stable order."""
+    tasks = plan.tasks or [base.task]
+    variants = list(plan.variants) + (["grad"] if plan.baseline and "grad" not in plan.variants else [])
+    cells = []
+    for task in tasks:
+        for variant in variants:
+            for eta in plan.adaptive_eta:
+                for seed in plan.seeds:
+                    updates: dict[str, Any] = {"task.name": task.name, "task.options": dict(task.options),
+                                               "engine.variant": variant, "engine.adaptive_eta": eta,
+                                               "engine.seed": seed}
+                    for override in plan.overrides:
+                        if _matches(override.match, task.name, variant, eta, seed):
+                            updates.update(override.set)
+                    spec = base.with_updates(updates)
+                    digest = hashlib.sha256(json.dumps([plan.name, spec.model_dump(mode="json")],
+                                                       sort_keys=True).encode()).hexdigest()[:16]
+                    label = f"{task.name}/{variant}{'+eta' if eta else ''}/seed{seed}"
+                    cells.append(Cell(name=label, key=digest, updates=updates, spec=spec))
+    return cells
+
+
+def parse_plan(data: Any, source: str) -> AblationPlan:
+    """Validate a mapping into an AblationPlan; errors are one line naming the key."""
+    if not isinstance(data, dict):
+        raise BibInputError(source, "must be a YAML mapping", "see ablations/bib_variants.yaml")
+    try:
+        return AblationPlan.model_validate(data)
+    except ValidationError as err:
+        raise describe_validation_error(err, source) from None
+
+
+def load_plan(path: str | Path) -> tuple[AblationPlan, RunSpec]:
+    """Read a plan file; returns the plan and its effective base (``base_from`` applied)."""
+    plan = parse_plan(load_yaml(path, "plan"), str(path))
+    base = plan.base
+    if plan.base_from:
+        source = Path(plan.base_from)
+        if not source.is_absolute():
+            source = Path(path).parent / source
+        base = load_run_spec(source)
+    return plan, base
