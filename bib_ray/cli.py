@@ -66,6 +66,9 @@ def _spec_from_args(args: argparse.Namespace):
             updates[f"engine.{key}"] = value
     spec = spec.with_updates(updates) if updates else spec
     _check_task(spec)
+    from bib_ray.runner import validate_spec
+
+    validate_spec(spec)
     return spec
 
 
@@ -142,11 +145,19 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="folder for Ray Tune's experiment state (default ./bib_ray_runs)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's one-line error format (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"bib-ray: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bib-ray", description=(
+    parser = OneLineParser(prog="bib-ray", description=(
         "BIB (bidirectional learning for offline biological sequence design): run it, search its "
         "hyperparameters with Ray Tune + Optuna, run ablations, and report from MLflow."))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     run = sub.add_parser("run", help="design sequences with BIB on one task", description=(
         "Design M sequences with BIB, print a summary table, and write result.json and designs.csv."))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bib_ray.core.engine import BIBEngine, StepRecord
+from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tasks import Task
 from bib_ray.workbench import Workbench, get_workbench
@@ -78,10 +79,29 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
     return engine, start
 
 
+def validate_spec(spec: RunSpec) -> Task:
+    """Checks that need the task, done before any LM is loaded or trained: returns the task."""
+    from bib_ray.proxy.lm_proxy import resolve_device
+    from bib_ray.workbench import build_task
+
+    task = build_task(spec.task)
+    task.top_offline(spec.engine.designs)  # M must not exceed the offline set
+    resolve_device(spec.device)
+    if spec.lm and spec.lm.startswith((".", "/", "~")):
+        from pathlib import Path
+
+        if not Path(spec.lm).expanduser().exists():
+            raise BibInputError("lm", f"model path {spec.lm!r} does not exist",
+                                "give an existing directory saved with save_pretrained, or a hub id")
+    return task
+
+
 def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False,
             bench: Workbench | None = None) -> RunResult:
     """Run BIB as ``spec`` says; call ``on_step`` with each step's metrics; return the result."""
     t0 = time.perf_counter()
+    if bench is None:
+        validate_spec(spec)
     bench = bench or get_workbench(spec, log_every=250 if progress else 0)
     task = bench.task
     torch.manual_seed(spec.engine.seed)

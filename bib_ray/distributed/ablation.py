@@ -78,7 +78,7 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
                                      "adaptive_eta": ",".join(str(e).lower() for e in plan.adaptive_eta),
                                      "seeds": ",".join(map(str, plan.seeds))},
                       parent_texts={"ablation_plan.yaml": source_text or yaml.safe_dump(plan.model_dump(mode="json"))},
-                      resume_command=resume_command, existing_parent=parent_id)
+                      resume_command=resume_command, existing_parent=parent_id, expected_trials=len(todo))
         job_outcome = execute(job, storage_root(storage), resume)
         parent_id = job_outcome.parent_id
         if job_outcome.interrupted:

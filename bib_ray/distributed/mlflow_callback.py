@@ -17,9 +17,10 @@ from typing import Any
 from ray.tune import Callback
 
 from bib_ray.distributed.trainable import trial_spec
-from bib_ray.tracking.store import Store, flatten
+from bib_ray.tracking.store import Store, flatten, retrying
 
 FLUSH_SECONDS = 2.0
+FINAL_ONLY_METRIC = "design_seconds"  # present in a trial's final record only
 SKIP_METRICS = {"step", "final", "seeds", "done", "training_iteration", "time_this_iter_s", "time_total_s",
                 "timestamp", "worker_pid", "pid", "iterations_since_restore", "time_since_restore",
                 "lm_loads_in_worker", "seed"}
@@ -124,6 +125,11 @@ class MLflowTrialCallback(Callback):
         if trial_id is None:
             self.flushed_at = time.monotonic()
 
+    def close_from_result(self, trial, run_id: str, result: dict) -> None:
+        """Close a run whose trial finished while no driver was listening (used on resume)."""
+        self.runs[trial.trial_id] = run_id
+        self._finish(trial, run_id, result)
+
     def _finish(self, trial, run_id: str, result: dict) -> None:
         self.flush(trial.trial_id)
         if result.get("failed_reason"):
@@ -134,7 +140,10 @@ class MLflowTrialCallback(Callback):
         # The final record's metrics (seed means) under the same names, at the last iteration: MLflow's
         # latest value of each metric is then exactly Tune's last result.
         final = {k: v for k, v in result.items() if k not in SKIP_METRICS and k not in ("designs_table", "history")}
-        self.store.log_metrics(run_id, final, self.last_step.get(trial.trial_id, 0) + 1)
+        final_step = int(result.get("step") or self.last_step.get(trial.trial_id, 0) + 1)
+        logged = retrying(lambda: self.store.client.get_run(run_id)).data.metrics
+        if FINAL_ONLY_METRIC not in logged:  # a driver killed mid-close may have logged it already
+            self.store.log_metrics(run_id, final, final_step)
         self.store.set_tags(run_id, {"lm_loads_in_worker": result.get("lm_loads_in_worker"),
                                      "worker_pid": result.get("worker_pid"), "node": result.get("node", "")})
         if result.get("designs_table"):

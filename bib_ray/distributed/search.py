@@ -72,7 +72,7 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
                    mode=space.mode, num_samples=space.trials, max_concurrent=space.concurrency,
                    max_failures=space.max_failures, search_alg=searcher, scheduler=scheduler,
                    parent_tags=tags, parent_params=params, parent_texts={"search_space.yaml": source_text},
-                   resume_command=resume_command)
+                   resume_command=resume_command, expected_trials=space.trials)
 
 
 def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, dict[str, Any]]:

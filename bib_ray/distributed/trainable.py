@@ -133,7 +133,7 @@ def bib_trainable(config: dict[str, Any]) -> None:
     summary.update({f"{key}_std": float(np.std([f[key] for f in finals])) for key in
                     ("normalized_max", "normalized_median", "offline_proxy_mean") if key in summary})
     rows = designs_rows(last) if last is not None else []
-    tune.report({**summary, "final": True, "seeds": len(seeds), "lm_loads_in_worker": workbench.LM_LOADS,
+    tune.report({**summary, "final": True, "step": iteration + 1, "seeds": len(seeds), "lm_loads_in_worker": workbench.LM_LOADS,
                  "worker_pid": os.getpid(), "node": node, "design_seconds": compute_seconds,
                  "run_seconds": run_seconds, "trial_seconds": time.perf_counter() - started,
                  "setup_seconds": setup_seconds, "designs_table": rows})

@@ -8,6 +8,7 @@ the experiment folder, so ``--resume`` continues the same parent and children.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class TuneJob:
     parent_texts: dict[str, str] = field(default_factory=dict)
     resume_command: str = ""
     existing_parent: str | None = None  # reopen this parent run instead of creating one
+    expected_trials: int | None = None  # fewer trials than this at the end means the run was cut short
 
 
 @dataclass
@@ -127,6 +129,63 @@ def _parent_run(job: TuneJob, path: Path, resume: bool) -> str:
     return parent_id
 
 
+def reconcile_children(store: Store, parent_id: str, path: Path, callback) -> dict[str, int]:
+    """Before a resume: make MLflow agree with the Tune state that survived the crash.
+
+    * A child whose trial Tune had finished, but whose run the killed driver left open, is closed
+      with the trial's last result (nothing is re-run for it).
+    * A child whose trial Tune never recorded (the driver died between the trial's start and the next
+      experiment checkpoint) has no trial to resume: the resumed search samples a new one. Its run is
+      tagged ``bib_ray.orphan`` with the reason and moved to MLflow's deleted runs (recoverable there),
+      so the experiment keeps exactly one live child per trial.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = {t.trial_id: t for t in ExperimentAnalysis(str(path)).trials}
+    except Exception:  # noqa: BLE001 - no Tune state: every open child is an orphan
+        trials = {}
+    counts = {"closed": 0, "orphaned": 0}
+    for run in store.children(parent_id):
+        if run.info.status == "FINISHED":
+            continue
+        trial = trials.get(run.data.tags.get("trial_id", ""))
+        if trial is None:
+            store.set_tags(run.info.run_id, {"bib_ray.orphan": "driver killed before Tune recorded this trial; "
+                                             "the resumed run sampled a new trial instead"})
+            store.set_status(run.info.run_id, "KILLED")
+            store.client.delete_run(run.info.run_id)
+            counts["orphaned"] += 1
+        elif trial.status == "TERMINATED" and (trial.last_result or {}).get("final"):
+            callback.close_from_result(trial, run.info.run_id, trial.last_result)
+            counts["closed"] += 1
+    return counts
+
+
+@contextlib.contextmanager
+def _watch_tune_interrupt():
+    """Collect the stop events Tune creates for Ctrl-C, so the caller can tell an interrupted run
+    (Tune stops gracefully and returns normally) from a finished one."""
+    from ray.tune import tune as tune_module
+
+    events: list = []
+    original = getattr(tune_module, "_setup_signal_catching", None)
+    if original is None:  # a Ray without this hook: rely on the trial counts
+        yield events
+        return
+
+    def watching():
+        event = original()
+        events.append(event)
+        return event
+
+    tune_module._setup_signal_catching = watching
+    try:
+        yield events
+    finally:
+        tune_module._setup_signal_catching = original
+
+
 def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
     """Run (or resume) the Tune job; mark MLflow runs FINISHED, FAILED or KILLED as they ended."""
     from ray import tune
@@ -152,6 +211,8 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
     callbacks = [callback, JsonLoggerCallback()]  # result.json per trial, which Tune's result grid reads
     run_config = tune.RunConfig(name=job.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=job.max_failures))
+    if resume:
+        reconcile_children(job.store, parent_id, path, callback)
     if restorable:
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=job.param_space)
@@ -163,13 +224,15 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         tuner = tune.Tuner(trainable, param_space=job.param_space, tune_config=tune_config,
                            run_config=run_config)
     interrupted = False
-    try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        results, interrupted = None, True
+    with _watch_tune_interrupt() as stop_events:
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:
+            results, interrupted = None, True
+    interrupted = interrupted or any(event.is_set() for event in stop_events)
     if results is not None:
         done = results.num_terminated + results.num_errors
-        interrupted = interrupted or done < len(results)
+        interrupted = interrupted or done < len(results) or (job.expected_trials or 0) > len(results)
     if interrupted:
         for run_id in callback.open_run_ids():
             job.store.set_status(run_id, "KILLED")

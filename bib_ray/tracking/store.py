@@ -8,6 +8,7 @@ metric; past a handful of writers, use an MLflow tracking server (``--tracking-u
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -68,6 +69,8 @@ class Store:
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.tracking.sqlalchemy_store"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # schema set-up chatter on a new store
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         existing = retrying(lambda: self.client.get_experiment_by_name(experiment))
