@@ -45,6 +45,16 @@ def _device_for_trial(spec):
     return spec
 
 
+def _node_name() -> str:
+    """Host and Ray node id: several Ray nodes can share a host, and the id tells them apart."""
+    try:
+        import ray
+
+        return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:  # noqa: BLE001 - outside Ray
+        return socket.gethostname()
+
+
 def _match_threads_to_cpus() -> None:
     """torch's intra-op threads = the CPUs Ray gave this trial (a worker that imported torch before it
     got its resources would otherwise use every core and oversubscribe the node)."""
@@ -91,7 +101,7 @@ def bib_trainable(config: dict[str, Any]) -> None:
     seeds = list(config.get("seeds") or [spec.engine.seed])
     context = tune.get_context()
     trial_id = context.get_trial_id() or "local"
-    node = socket.gethostname()
+    node = _node_name()
     started = time.perf_counter()
     bench = workbench.get_workbench(spec)
     setup_seconds = time.perf_counter() - started
