@@ -24,7 +24,6 @@ from mlflow.tracking import MlflowClient
 from helpers import TINY_BASE
 
 RAY = str(Path(sys.executable).parent / "ray")
-BIB = str(Path(sys.executable).parent / "bib-ray")
 
 
 def _free_port() -> int:
@@ -91,14 +90,18 @@ def test_search_spans_two_nodes(two_nodes, tmp_path):
     space = {"name": "two_node_search", "base": {**TINY_BASE, "engine": {**TINY_BASE["engine"], "steps": 30}},
              "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0}}, "trials": 4,
              "concurrency": 2, "scheduler": {"type": "none"}, "resources": {"cpu": 1, "gpu": 0}}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    command = (f"cd {tmp_path} && {BIB} search space.yaml --address auto --tracking-uri {uri} "
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "space.yaml").write_text(yaml.safe_dump(space))
+    # Not --working-dir: both nodes share this machine's /tmp/ray, so the second node's clean-up of
+    # its unpacked copy would delete the driver's folder too (on a real cluster nodes don't share it).
+    command = (f"cd {job_dir} && bib-ray search space.yaml --address auto --tracking-uri {uri} "
                f"--storage {tmp_path / 'runs'}")
     job = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--runtime-env-json",
                           json.dumps({"env_vars": {"BIB_RAY_CACHE": env["BIB_RAY_CACHE"]}}), "--", "bash", "-c",
                           command], env=env, text=True, capture_output=True, timeout=600)
-    assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
+    assert job.returncode == 0, job.stdout[-6000:]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("two_node_search")
     children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]

@@ -62,14 +62,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False,
-                              "runtime_env": {"worker_process_setup_hook":
-                                              "bib_ray.distributed.warmup.import_heavy_modules"}}
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     try:
         if address:
+            # No runtime_env here: inside `ray job submit --working-dir` it would replace the job's
+            # own (and Ray would garbage-collect the working directory the driver runs in).
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     runtime_env={"worker_process_setup_hook": "bib_ray.distributed.warmup.import_heavy_modules"},
+                     **kwargs)
     except (ConnectionError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BibInputError("address", f"cannot connect to Ray at {address!r}: {first}",
@@ -80,6 +82,12 @@ def open_store_while_ray_starts(tracking_uri: str, experiment: str, address: str
     """Open the MLflow store (a new SQLite file runs its migrations: seconds) while Ray starts."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if address:
+        # Joining a cluster (often as a `ray job submit` driver, whose working folder Ray may unpack
+        # again while connecting): open the store first, then connect.
+        store = Store(tracking_uri, experiment)
+        init_ray(address)
+        return store
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(Store, tracking_uri, experiment)
         try:

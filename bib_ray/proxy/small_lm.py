@@ -31,7 +31,7 @@ class SmallLMConfig(BaseModel):
     layers: int = Field(2, ge=1, le=12)
     heads: int = Field(4, ge=1, le=16)
     intermediate: int = Field(128, ge=8, le=4096)
-    steps: int = Field(1500, ge=0, le=1_000_000, description="MLM optimiser steps (the pre-training budget)")
+    steps: int = Field(8000, ge=0, le=1_000_000, description="MLM optimiser steps (the pre-training budget)")
     batch_size: int = Field(128, ge=1, le=65536)
     lr: float = Field(2e-3, gt=0)
     mask_prob: float = Field(0.15, gt=0, lt=1)
