@@ -103,7 +103,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args)
     task = build_task(spec.task)
-    path = ensure_default_lm(task, spec.lm_pretrain, log_every=max(1, spec.lm_pretrain.steps // 10))
+    config = spec.lm_pretrain.resolved(task.length)
+    path = ensure_default_lm(task, config, log_every=max(1, (config.steps or 10) // 10))
     meta = json.loads((path / "bib_ray_pretrain.json").read_text())
     print(f"default LM for {task.name}: {path}")
     print(f"  mlm loss {meta['final_mlm_loss']:.4f} after {meta['config']['steps']} steps, "

@@ -83,6 +83,9 @@ def two_nodes(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+        current = Path("/tmp/ray/ray_current_cluster")  # forget our head if Ray still names it
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def test_search_spans_two_nodes(two_nodes, tmp_path):

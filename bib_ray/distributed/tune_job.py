@@ -69,7 +69,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             # own (and Ray would garbage-collect the working directory the driver runs in).
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+            # address="local": always a fresh Ray of our own, never a cluster some other command left
+            # registered in /tmp/ray (that is what --address auto is for).
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      runtime_env={"worker_process_setup_hook": "bib_ray.distributed.warmup.import_heavy_modules"},
                      **kwargs)
     except (ConnectionError, RuntimeError) as err:
