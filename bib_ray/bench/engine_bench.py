@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 
 import torch
@@ -51,13 +52,18 @@ def main(args: argparse.Namespace) -> int:
     rss0 = _peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    batched_s = _time_engine(spec, bench, steps)
+    loop_n = min(args.loop_designs, args.designs)
+    batched_times, loop_times = [], []
+    for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits both alike
+        batched_times.append(_time_engine(spec, bench, steps))
+        loop_times.append(sum(_time_engine(spec, bench, steps, slice(i, i + 1)) for i in range(loop_n)))
+    batched_s, loop_s = statistics.median(batched_times), statistics.median(loop_times)
     batched_rate = args.designs * steps / batched_s
+    loop_rate = loop_n * steps / loop_s
     rss_batched = _peak_rss_mib()
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    loop_n = min(args.loop_designs, args.designs)
-    loop_s = sum(_time_engine(spec, bench, steps, slice(i, i + 1)) for i in range(loop_n))
-    loop_rate = loop_n * steps / loop_s
+    print(f"median of {args.repeats} interleaved repeats; speedup per repeat: "
+          + ", ".join(f"{(args.designs / b) / (loop_n / lo):.1f}" for b, lo in zip(batched_times, loop_times)))
     print(f"batched: {batched_rate:10.1f} design-steps/s  ({batched_s:.2f} s for {args.designs} designs x {steps} steps)")
     print(f"loop:    {loop_rate:10.1f} design-steps/s  ({loop_s:.2f} s for {loop_n} designs x {steps} steps, "
           f"extrapolated {args.designs * steps / loop_rate:.1f} s for {args.designs})")

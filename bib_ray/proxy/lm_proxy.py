@@ -132,8 +132,9 @@ class LMProxy:
         m = content.shape[0]
         pieces = [self._prefix.expand(m, -1, -1), content, self._suffix.expand(m, -1, -1)]
         inputs = torch.cat(pieces, dim=1)
-        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=self.device)
-        hidden = self.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        # Every position is a real token (designs have one length), so no attention mask: the model
+        # then skips building and adding one, which is measurable at this size.
+        hidden = self.model(inputs_embeds=inputs).last_hidden_state
         first = len(self.tokens.prefix_ids)
         return hidden[:, first: first + content.shape[1]].mean(dim=1)
 
