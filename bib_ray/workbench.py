@@ -99,6 +99,30 @@ def resolve_lm_source(spec: RunSpec, task: Task, log_every: int = 0) -> str:
     return str(ensure_default_lm(task, spec.lm_pretrain, log_every=log_every))
 
 
+def prepare_default_lms(specs: list[RunSpec]) -> None:
+    """Pre-train (or find cached) the default LMs these runs need, here, on all of this machine's cores.
+
+    A search or ablation calls this in its driver before trials start: inside a trial the LM would be
+    trained with the trial's single CPU while every other worker waits for it.
+    """
+    seen: set[tuple[str, str]] = set()
+    for spec in specs:
+        if spec.lm:
+            continue
+        task = build_task(spec.task)
+        config = spec.lm_pretrain.resolved(task.length)
+        key = (spec.task.key(), config.key())
+        if key in seen:
+            continue
+        seen.add(key)
+        from bib_ray.proxy.small_lm import default_lm_path
+
+        if not (default_lm_path(task.name, task.fingerprint(), config) / "bib_ray_pretrain.json").exists():
+            print(f"[bib-ray] pre-training the default LM for {task.name} ({config.steps} MLM steps, once; "
+                  f"cached in {cache_root() / 'lm'})", flush=True)
+        ensure_default_lm(task, config, log_every=max(1, (config.steps or 10) // 4))
+
+
 def build_task(spec: TaskSpec) -> Task:
     """The task object of a spec."""
     return make_task(spec.name, **spec.options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,3 +33,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert last.startswith("bib-ray: error:") or "error:" in last, err
     for needle in needles:
         assert needle in last, (needle, last)
+
+
+@contextlib.contextmanager
+def ray_session_with_cache(root: Path):
+    """For module-scoped Ray tests: a cache folder of their own, and Ray shut down afterwards."""
+    import ray
+
+    old = os.environ.get("BIB_RAY_CACHE")
+    os.environ["BIB_RAY_CACHE"] = str(root / "cache")
+    try:
+        yield root
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("BIB_RAY_CACHE", None)
+        else:
+            os.environ["BIB_RAY_CACHE"] = old

@@ -10,7 +10,7 @@ from bib_ray.distributed.ablation import run_ablation
 from bib_ray.distributed.plan import parse_plan
 from bib_ray.tracking.store import Store
 
-from helpers import TINY_BASE, assert_one_line_error, run_cli
+from helpers import TINY_BASE, assert_one_line_error, ray_session_with_cache, run_cli
 from mlflow_server import mlflow_server  # noqa: F401  (fixture)
 
 PLAN = {"name": "tiny_ablation", "base": TINY_BASE, "variants": ["forward", "learned"], "adaptive_eta": [False],
@@ -20,23 +20,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def ablation_run(tmp_path_factory):
-    import os
-
-    import ray
-
-    root = tmp_path_factory.mktemp("ablation")
-    old = os.environ.get("BIB_RAY_CACHE")
-    os.environ["BIB_RAY_CACHE"] = str(root / "cache")
-    plan = parse_plan(PLAN, "plan")
-    uri = f"sqlite:///{root}/mlruns.db"
-    first = run_ablation(plan, plan.base, uri, storage=str(root / "runs"), out_dir=root / "report")
-    second = run_ablation(plan, plan.base, uri, storage=str(root / "runs"), out_dir=root / "report2")
-    yield plan, uri, first, second, root
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("BIB_RAY_CACHE", None)
-    else:
-        os.environ["BIB_RAY_CACHE"] = old
+    with ray_session_with_cache(tmp_path_factory.mktemp("ablation")) as root:
+        plan = parse_plan(PLAN, "plan")
+        uri = f"sqlite:///{root}/mlruns.db"
+        first = run_ablation(plan, plan.base, uri, storage=str(root / "runs"), out_dir=root / "report")
+        second = run_ablation(plan, plan.base, uri, storage=str(root / "runs"), out_dir=root / "report2")
+        yield plan, uri, first, second, root
 
 
 def test_one_parent_four_children(ablation_run):

@@ -13,7 +13,7 @@ from bib_ray.distributed.space import parse_search_space
 from bib_ray.errors import BibInputError
 from bib_ray.tracking.store import Store
 
-from helpers import TINY_BASE, assert_one_line_error, run_cli
+from helpers import TINY_BASE, assert_one_line_error, ray_session_with_cache, run_cli
 
 SPACE = {
     "name": "tiny_search",
@@ -31,22 +31,11 @@ SPACE = {
 
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
-    import os
-
-    import ray
-
-    root = tmp_path_factory.mktemp("search")
-    old = os.environ.get("BIB_RAY_CACHE")
-    os.environ["BIB_RAY_CACHE"] = str(root / "cache")
-    space = parse_search_space(SPACE, "space")
-    uri = f"sqlite:///{root}/mlruns.db"
-    outcome = run_search(space, uri, storage=str(root / "runs"), best_output=root / "best.yaml")
-    yield space, uri, outcome, root
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("BIB_RAY_CACHE", None)
-    else:
-        os.environ["BIB_RAY_CACHE"] = old
+    with ray_session_with_cache(tmp_path_factory.mktemp("search")) as root:
+        space = parse_search_space(SPACE, "space")
+        uri = f"sqlite:///{root}/mlruns.db"
+        outcome = run_search(space, uri, storage=str(root / "runs"), best_output=root / "best.yaml")
+        yield space, uri, outcome, root
 
 
 def test_search_completes_and_samples_inside_bounds(search_run):

@@ -20,7 +20,7 @@ from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, e
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.store import Store, resolve_tracking_uri
-from bib_ray.workbench import build_task
+from bib_ray.workbench import build_task, prepare_default_lms
 
 
 @dataclass
@@ -65,6 +65,8 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
     skipped = [c for c in cells if c.key in done]
     job_outcome = None
     if todo or resume:
+        if not address:  # locally; on a cluster each node trains its own copy once
+            prepare_default_lms([c.spec for c in todo])
         init_ray(address)  # only when there is work: a re-run of a finished plan just reports
         check_resources({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu})
         job = TuneJob(name=plan.name, kind="ablation", store=store,

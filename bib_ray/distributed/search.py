@@ -23,7 +23,7 @@ from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, 
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, dump_run_spec
 from bib_ray.tracking.store import Store, resolve_tracking_uri
-from bib_ray.workbench import build_task
+from bib_ray.workbench import build_task, prepare_default_lms
 
 
 @dataclass
@@ -96,6 +96,8 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
                resume_command: str = "") -> SearchOutcome:
     """Run a search end to end and log it; returns the best trial."""
     validate_against_task(space)
+    if not any(key.startswith("lm_pretrain.") for key in space.params) and not address:
+        prepare_default_lms([space.base])  # locally; on a cluster each node trains its own copy once
     store = open_store_while_ray_starts(tracking_uri, space.name, address)
     check_resources({"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command)

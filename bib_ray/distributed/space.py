@@ -28,34 +28,35 @@ class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LogUniform(_Dist):
+class _Interval(_Dist):
+    """A continuous range [low, high] with low < high."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> "_Interval":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class LogUniform(_Interval):
     """Log-uniform on [low, high], both > 0."""
 
     type: Literal["loguniform"]
-    low: float
-    high: float
 
     @model_validator(mode="after")
-    def _check(self) -> "LogUniform":
+    def _positive(self) -> "LogUniform":
         if self.low <= 0 or self.high <= 0:
             raise ValueError("log-uniform bounds must be above zero; use type uniform for ranges touching 0")
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
 
 
-class Uniform(_Dist):
+class Uniform(_Interval):
     """Uniform on [low, high]."""
 
     type: Literal["uniform"]
-    low: float
-    high: float
-
-    @model_validator(mode="after")
-    def _check(self) -> "Uniform":
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
 
 
 class IntRange(_Dist):
