@@ -73,13 +73,10 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _check_task(spec) -> None:
-    from bib_ray.core.config import VARIANTS
     from bib_ray.tasks import TASK_NAMES
 
     if spec.task.name not in TASK_NAMES:
         raise BibInputError("task", f"unknown task {spec.task.name!r}", f"choose one of {', '.join(TASK_NAMES)}")
-    if spec.engine.variant not in VARIANTS:  # pragma: no cover - pydantic already checks
-        raise BibInputError("variant", f"unknown variant {spec.engine.variant!r}", f"choose one of {VARIANTS}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ Ray or MLflow; they receive the metrics through ``on_step``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -149,7 +148,3 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
                      designs=task.decode(designs), scores=scores, predictions=pred, spec=spec,
                      seconds=seconds)
 
-
-def finite(value: float) -> bool:
-    """True for a finite float (metrics logged to MLflow must be)."""
-    return isinstance(value, (int, float)) and math.isfinite(value)

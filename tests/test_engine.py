@@ -1,6 +1,5 @@
 """The batched engine: equals the one-at-a-time loop, exact Adaptive-gamma, variants as gammas."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from bib_ray.core.adaptive import AdaptiveEta, AdaptiveGamma, BatchedAdam
 from bib_ray.core.config import EngineConfig
@@ -161,7 +160,3 @@ def _check_finite(loss_f: torch.Tensor, loss_b: torch.Tensor, index: int) -> Non
     if not (torch.isfinite(loss_f).all() and torch.isfinite(loss_b).all()):
         raise NonFiniteLossError(f"BIB losses turned NaN or infinite at step {index}")
 
-
-def one_hot(x: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Hard sequences (n, L) to one-hot float (n, L, V)."""
-    return F.one_hot(x, vocab).float()

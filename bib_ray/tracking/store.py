@@ -14,7 +14,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from bib_ray.errors import BibInputError
 
@@ -165,7 +165,3 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[name] = value
     return out
 
-
-def open_runs(store: Store, ids: Iterable[str]) -> list[str]:
-    """Which of ``ids`` are still RUNNING."""
-    return [i for i in ids if retrying(lambda i=i: store.client.get_run(i)).info.status == "RUNNING"]
