@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -95,6 +96,31 @@ def test_sigkill_then_resume_finishes_remaining_trials(tmp_path):
     CRASHES["survived"] += 1
 
 
+def test_ablation_sigkill_then_resume(tmp_path):
+    plan = {"name": "reliable_plan", "base": SLOW_BASE, "variants": ["forward", "fixed", "learned"],
+            "adaptive_eta": [False], "baseline": False, "seeds": [0, 1], "concurrency": 2}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    args = ["ablate", "plan.yaml", "--tracking-uri", uri, "--storage", str(tmp_path / "runs"),
+            "--output", str(tmp_path / "report")]
+    driver = _start(args, tmp_path)
+    _wait_for(lambda: any(r.info.status == "FINISHED" for r in _children(_runs(uri, "reliable_plan"))))
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    resumed = _start(args + ["--resume"], tmp_path)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    runs = _runs(uri, "reliable_plan")
+    children = _children(runs)
+    cells = sorted(c.data.tags["cell"] for c in children)
+    assert cells == sorted(f"tfbind8/{v}/seed{s}" for v in ("forward", "fixed", "learned") for s in (0, 1))
+    assert all(c.info.status == "FINISHED" for c in children)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "| tfbind8 | learned | 2 |" in out
+    CRASHES["survived"] += 1
+
+
 def test_worker_crash_is_retried(tmp_path):
     space = {**SPACE, "name": "crashy_search", "trials": 2, "max_failures": 2,
              "base": {**SLOW_BASE, "engine": {**SLOW_BASE["engine"], "steps": 30}}}
@@ -133,16 +159,26 @@ def test_nan_losses_fail_one_cell_and_the_rest_goes_on(tmp_path):
     assert "| tfbind8 | forward | 1 |" in out and "learned" not in out.split("|---")[1]
 
 
-def test_ctrl_c_marks_runs_killed_and_prints_resume(tmp_path):
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump({**SPACE, "name": "interrupted_search"}))
+@pytest.mark.parametrize("command", ["search", "ablate"])
+def test_ctrl_c_marks_runs_killed_and_prints_resume(tmp_path, command):
+    name = f"interrupted_{command}"
+    if command == "search":
+        (tmp_path / "space.yaml").write_text(yaml.safe_dump({**SPACE, "name": name}))
+        args = _search_args(tmp_path, f"sqlite:///{tmp_path}/mlruns.db")
+    else:
+        plan = {"name": name, "base": SLOW_BASE, "variants": ["forward", "learned"], "adaptive_eta": [False],
+                "baseline": False, "seeds": [0, 1, 2]}
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+        args = ["ablate", "plan.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/mlruns.db",
+                "--storage", str(tmp_path / "runs")]
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    driver = _start(_search_args(tmp_path, uri), tmp_path)
-    _wait_for(lambda: any(r.info.status == "RUNNING" for r in _children(_runs(uri, "interrupted_search"))))
+    driver = _start(args, tmp_path)
+    _wait_for(lambda: any(r.info.status == "RUNNING" for r in _children(_runs(uri, name))))
     os.kill(driver.pid, signal.SIGINT)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 130, (driver.returncode, err[-3000:])
-    assert "--resume" in err and "Traceback" not in err
-    runs = _runs(uri, "interrupted_search")
+    assert f"bib-ray {command} " in err and "--resume" in err and "Traceback" not in err
+    runs = _runs(uri, name)
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
     assert parent.info.status == "KILLED"
