@@ -76,12 +76,15 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
 
 
 def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, dict[str, Any]]:
-    """The best trial's run spec (seed = the space's first seed) and its final metrics."""
+    """The best trial that ran to the end (its metric is the mean over the space's seeds), as a run
+    spec with the first seed, and its final metrics."""
     key = space.result_key
     best, best_value = None, None
-    for result in outcome.results:
-        value = (result.metrics or {}).get(key)
-        if result.error or value is None or not math.isfinite(value):
+    results = [r for r in outcome.results if not r.error and r.metrics]
+    complete = [r for r in results if r.metrics.get("final")]
+    for result in complete or results:  # a trial ASHA stopped early carries a partial score
+        value = result.metrics.get(key)
+        if value is None or not math.isfinite(value):
             continue
         if best is None or (value > best_value if space.mode == "max" else value < best_value):
             best, best_value = result, value
