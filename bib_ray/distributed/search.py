@@ -43,6 +43,21 @@ def validate_against_task(space: SearchSpace) -> None:
                             "use metric offline_proxy_mean")
 
 
+def default_lm_variants(space: SearchSpace) -> list[RunSpec]:
+    """The run specs that cover every default LM the trials can ask for, when that set is finite
+    (pre-training settings fixed or categorical); empty otherwise, and trials train on first use."""
+    import itertools
+
+    from bib_ray.distributed.space import Categorical
+
+    lm_params = {k: d for k, d in space.params.items() if k.startswith("lm_pretrain.") or k in ("lm", "task.name")}
+    if space.base.lm or any(not isinstance(d, Categorical) for d in lm_params.values()):
+        return [] if lm_params else [space.base]
+    keys = list(lm_params)
+    combos = itertools.product(*(lm_params[k].values for k in keys))
+    return [space.base.with_updates(dict(zip(keys, combo))) for combo in combos]
+
+
 def build_job(space: SearchSpace, store: Store, source_text: str, resume_command: str) -> TuneJob:
     """The Tune job of a search space."""
     from optuna.samplers import TPESampler
@@ -99,8 +114,8 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
                resume_command: str = "") -> SearchOutcome:
     """Run a search end to end and log it; returns the best trial."""
     validate_against_task(space)
-    if not any(key.startswith("lm_pretrain.") for key in space.params) and not address:
-        prepare_default_lms([space.base])  # locally; on a cluster each node trains its own copy once
+    if not address:  # locally; on a cluster each node trains its own copy once
+        prepare_default_lms(default_lm_variants(space))
     store = open_store_while_ray_starts(tracking_uri, space.name, address)
     check_resources({"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command)

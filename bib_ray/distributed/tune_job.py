@@ -239,6 +239,7 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
             results = tuner.fit()
         except KeyboardInterrupt:
             results, interrupted = None, True
+    callback.flush()  # per-step metrics still buffered (after Ctrl-C Tune may not end the experiment)
     interrupted = interrupted or any(event.is_set() for event in stop_events)
     if results is not None:
         done = results.num_terminated + results.num_errors
