@@ -14,7 +14,6 @@ import numpy as np
 
 from bib_ray.errors import BibInputError
 from bib_ray.tasks.base import Task, validate_offline
-from bib_ray.tasks.tfbind8 import _check_encoded
 
 DATA_FILE = "aav2_single_subs.npz"
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -134,5 +133,5 @@ class AAVTask(Task):
 
     def oracle(self, x: np.ndarray) -> np.ndarray:
         """Exact additive score: sum over window positions of the residue's effect (m, L) -> (m,)."""
-        x = _check_encoded(x, self.length, len(self.alphabet))
+        x = self.check_encoded(x)
         return self._weights[np.arange(self.length)[None, :], x].sum(axis=1)

@@ -60,6 +60,17 @@ class Task(ABC):
                 out[row, col] = index[letter]
         return out
 
+    def check_encoded(self, x: np.ndarray) -> np.ndarray:
+        """Oracle input as int64 (m, L) with letters in range, so a bad batch fails loudly."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.length:
+            raise BibInputError("sequences", f"expected an integer array of shape (m, {self.length}), got {x.shape}",
+                                "encode sequences with task.encode")
+        if x.size and (x.min() < 0 or x.max() >= len(self.alphabet)):
+            raise BibInputError("sequences", f"letter indices must lie in [0, {len(self.alphabet)})",
+                                "encode with task.encode")
+        return x.astype(np.int64, copy=False)
+
     def decode(self, x: np.ndarray) -> list[str]:
         """Integer array (n, L) back to strings."""
         letters = np.array(list(self.alphabet))

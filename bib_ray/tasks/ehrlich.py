@@ -30,7 +30,6 @@ import numpy as np
 
 from bib_ray.errors import BibInputError
 from bib_ray.tasks.base import Task, validate_offline
-from bib_ray.tasks.tfbind8 import _check_encoded
 
 LETTERS = "ACDEFGHIKLMNPQRSTVWY" + "BJOUXZ"  # the 20 amino acids, then the other capitals
 MAX_VOCAB = len(LETTERS)
@@ -183,7 +182,7 @@ class EhrlichTask(Task):
 
     def oracle(self, x: np.ndarray) -> np.ndarray:
         """Exact Ehrlich values of encoded sequences (m, L); 0 for infeasible ones."""
-        return self.function(_check_encoded(x, self.length, len(self.alphabet)))
+        return self.function(self.check_encoded(x))
 
     def optimal_solution(self) -> np.ndarray:
         """An encoded sequence (L,) that scores exactly 1.0, for tests and regret reports."""

@@ -11,7 +11,6 @@ from importlib import resources
 
 import numpy as np
 
-from bib_ray.errors import BibInputError
 from bib_ray.tasks.base import Task, validate_offline
 
 DATA_FILE = "tfbind8_six6.npz"
@@ -35,17 +34,6 @@ def codes(x: np.ndarray) -> np.ndarray:
     """Base-4 codes of encoded 8-mers (first letter most significant): the row index of the table."""
     weights = len(ALPHABET) ** np.arange(LENGTH - 1, -1, -1, dtype=np.int64)
     return np.asarray(x, dtype=np.int64) @ weights
-
-
-def _check_encoded(x: np.ndarray, length: int, vocab: int) -> np.ndarray:
-    """Oracle input as int64 (m, length) with letters in range, so a bad batch fails loudly."""
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != length:
-        raise BibInputError("sequences", f"expected an integer array of shape (m, {length}), got {x.shape}",
-                            "encode sequences with task.encode")
-    if x.size and (x.min() < 0 or x.max() >= vocab):
-        raise BibInputError("sequences", f"letter indices must lie in [0, {vocab})", "encode with task.encode")
-    return x.astype(np.int64, copy=False)
 
 
 class TFBind8Task(Task):
@@ -73,5 +61,5 @@ class TFBind8Task(Task):
 
     def oracle(self, x: np.ndarray) -> np.ndarray:
         """Exact E-scores of encoded 8-mers (m, 8) by vectorised table lookup."""
-        x = _check_encoded(x, self.length, len(self.alphabet))
+        x = self.check_encoded(x)
         return self._table[codes(x)].astype(np.float64)
