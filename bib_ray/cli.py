@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="designs timed one at a time (the loop's rate is per design, so a sample suffices)")
     bench.add_argument("--trials", type=int, default=16, help="trials (search benchmark)")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (engine benchmark; the median counts)")
+    bench.add_argument("--address", help="search benchmark on a running Ray (e.g. auto) instead of a fresh local one")
     bench.add_argument("--variant", default="learned", help="variant (default learned)")
     bench.set_defaults(func=cmd_bench)
     return parser

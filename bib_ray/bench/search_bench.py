@@ -30,6 +30,11 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     slots = max(1, (os.cpu_count() or 1))
+    if args.address:
+        import ray
+
+        ray.init(address=args.address, logging_level="ERROR")
+        slots = max(1, int(ray.cluster_resources().get("CPU", slots)))
     space = parse_search_space({
         "name": "bench_search", "base": base.model_dump(mode="json"),
         "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
@@ -39,8 +44,8 @@ def main(args: argparse.Namespace) -> int:
         "resources": {"cpu": 1, "gpu": 0}}, "bench")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        outcome = run_search(space, f"sqlite:///{tmp}/mlruns.db", storage=str(Path(tmp) / "runs"),
-                             best_output=Path(tmp) / "best.yaml")
+        outcome = run_search(space, f"sqlite:///{tmp}/mlruns.db", address=args.address,
+                             storage=str(Path(tmp) / "runs"), best_output=Path(tmp) / "best.yaml")
         wall = time.perf_counter() - t0
     finals = [r.metrics for r in outcome.job.results if r.metrics and r.metrics.get("final")]
     design = sum(m["design_seconds"] for m in finals)
