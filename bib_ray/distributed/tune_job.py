@@ -230,7 +230,8 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
     else:
         tune_config = tune.TuneConfig(metric=job.metric, mode=job.mode, search_alg=job.search_alg,
                                       scheduler=job.scheduler, num_samples=job.num_samples,
-                                      max_concurrent_trials=job.max_concurrent, reuse_actors=True)
+                                      max_concurrent_trials=None if job.search_alg is not None else job.max_concurrent,
+                                      reuse_actors=True)
         tuner = tune.Tuner(trainable, param_space=job.param_space, tune_config=tune_config,
                            run_config=run_config)
     interrupted = False
