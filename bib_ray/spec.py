@@ -8,7 +8,7 @@ YAML. Everything above it (search spaces, ablation plans) produces RunSpecs; eve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -75,16 +75,25 @@ def describe_validation_error(err: ValidationError, source: str) -> BibInputErro
     return BibInputError(f"{source}: {key}", f"{message} (got {first.get('input')!r})", "fix the value")
 
 
-def parse_run_spec(data: Any, source: str) -> RunSpec:
-    """Validate a mapping into a RunSpec, turning errors into one-line input errors."""
-    if data is None:
-        data = {}
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_mapping(model: type[ModelT], data: Any, source: str, example: str) -> ModelT:
+    """Validate a YAML mapping into ``model``; every failure is one input error naming the key.
+
+    Shared by run files, search spaces and ablation plans, so all three report mistakes alike.
+    """
     if not isinstance(data, dict):
-        raise BibInputError(source, "must be a YAML mapping of run settings", "see README.md for the keys")
+        raise BibInputError(source, "must be a YAML mapping", f"see {example} for the keys")
     try:
-        return RunSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise describe_validation_error(err, source) from None
+
+
+def parse_run_spec(data: Any, source: str) -> RunSpec:
+    """Validate a mapping into a RunSpec (an empty file means all defaults)."""
+    return validate_mapping(RunSpec, {} if data is None else data, source, "README.md")
 
 
 def load_yaml(path: str | Path, field: str = "config") -> Any:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bib_ray.core.config import VARIANTS
 from bib_ray.distributed.space import Resources
 from bib_ray.errors import BibInputError
-from bib_ray.spec import RunSpec, TaskSpec, describe_validation_error, load_run_spec, load_yaml, parse_run_spec
+from bib_ray.spec import RunSpec, TaskSpec, load_run_spec, load_yaml, parse_run_spec, validate_mapping
 
 
 class Override(BaseModel):
@@ -131,12 +131,7 @@ def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
 
 def parse_plan(data: Any, source: str) -> AblationPlan:
     """Validate a mapping into an AblationPlan; errors are one line naming the key."""
-    if not isinstance(data, dict):
-        raise BibInputError(source, "must be a YAML mapping", "see ablations/bib_variants.yaml")
-    try:
-        return AblationPlan.model_validate(data)
-    except ValidationError as err:
-        raise describe_validation_error(err, source) from None
+    return validate_mapping(AblationPlan, data, source, "ablations/bib_variants.yaml")
 
 
 def load_plan(path: str | Path) -> tuple[AblationPlan, RunSpec]:

@@ -10,10 +10,10 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bib_ray.errors import BibInputError
-from bib_ray.spec import RunSpec, describe_validation_error, load_yaml, parse_run_spec
+from bib_ray.spec import RunSpec, load_yaml, parse_run_spec, validate_mapping
 
 ORACLE_METRICS = ("oracle_max", "oracle_median", "oracle_mean")
 OFFLINE_METRICS = ("offline_proxy_mean", "offline_proxy_max")
@@ -186,13 +186,7 @@ class SearchSpace(BaseModel):
 
 def parse_search_space(data: Any, source: str) -> SearchSpace:
     """Validate a mapping into a SearchSpace; errors are one line naming the key."""
-    if not isinstance(data, dict):
-        raise BibInputError(source, "must be a YAML mapping", "see search_spaces/bib_default.yaml")
-    try:
-        space = SearchSpace.model_validate(data)
-    except ValidationError as err:
-        raise describe_validation_error(err, source) from None
-    return space
+    return validate_mapping(SearchSpace, data, source, "search_spaces/bib_default.yaml")
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
