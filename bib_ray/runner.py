@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from bib_ray.core.engine import BIBEngine, StepRecord
-from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tasks import Task
 from bib_ray.workbench import Workbench, get_workbench
@@ -80,18 +79,14 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
 
 def validate_spec(spec: RunSpec) -> Task:
     """Checks that need the task, done before any LM is loaded or trained: returns the task."""
-    from bib_ray.proxy.lm_proxy import resolve_device
+    from bib_ray.proxy.lm_proxy import check_model_source, resolve_device
     from bib_ray.workbench import build_task
 
     task = build_task(spec.task)
     task.top_offline(spec.engine.designs)  # M must not exceed the offline set
     resolve_device(spec.device)
-    if spec.lm and spec.lm.startswith((".", "/", "~")):
-        from pathlib import Path
-
-        if not Path(spec.lm).expanduser().exists():
-            raise BibInputError("lm", f"model path {spec.lm!r} does not exist",
-                                "give an existing directory saved with save_pretrained, or a hub id")
+    if spec.lm:
+        check_model_source(spec.lm)
     return task
 
 

@@ -115,11 +115,6 @@ def prepare_default_lms(specs: list[RunSpec]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        from bib_ray.proxy.small_lm import default_lm_path
-
-        if not (default_lm_path(task.name, task.fingerprint(), config) / "bib_ray_pretrain.json").exists():
-            print(f"[bib-ray] pre-training the default LM for {task.name} ({config.steps} MLM steps, once; "
-                  f"cached in {cache_root() / 'lm'})", flush=True)
         ensure_default_lm(task, config, log_every=max(1, (config.steps or 10) // 4))
 
 

@@ -19,6 +19,7 @@ from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, load_plan
 from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
+from bib_ray.tracking.report import build_report, is_ablation_parent
 from bib_ray.tracking.store import Store, resolve_tracking_uri
 from bib_ray.workbench import build_task, prepare_default_lms
 
@@ -36,7 +37,7 @@ class AblationOutcome:
 
 def _latest_parent(store: Store, name: str) -> str | None:
     runs = store.find_runs(f"tags.`bib_ray.kind` = 'ablation' and tags.`bib_ray.name` = '{name}'")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if is_ablation_parent(r)]
     parents.sort(key=lambda r: r.info.start_time, reverse=True)
     return parents[0].info.run_id if parents else None
 
@@ -52,8 +53,6 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
                  resume_command: str = "") -> AblationOutcome:
     """Run the plan's unfinished cells, then build the report."""
     from ray import tune
-
-    from bib_ray.tracking.report import build_report
 
     cells = expand_cells(plan, base)
     for task in {c.spec.task.key(): c.spec.task for c in cells}.values():

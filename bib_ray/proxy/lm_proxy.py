@@ -31,6 +31,21 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def check_model_source(source: str) -> str:
+    """A local model folder (expanded) or a hub id; a path that does not exist is a clear input error.
+
+    Anything that looks like a path (``./``, ``../``, ``~``, absolute) must exist; anything else is
+    left to Hugging Face as a hub id.
+    """
+    local = Path(source).expanduser()
+    if local.exists():
+        return str(local)
+    if source.startswith((".", "~")) or local.is_absolute():
+        raise BibInputError("lm", f"model path {source!r} does not exist",
+                            "give an existing directory saved with save_pretrained, or a hub id")
+    return source
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -62,12 +77,7 @@ class LMProxy:
         from transformers import AutoModel, AutoTokenizer
 
         _quiet_transformers()
-        local = Path(source).expanduser()
-        if local.exists():
-            source = str(local)
-        elif source.startswith((".", "~")) or local.is_absolute():
-            raise BibInputError("lm", f"model path {source!r} does not exist",
-                                "give an existing directory saved with save_pretrained, or a hub id")
+        source = check_model_source(source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             try:

@@ -148,6 +148,9 @@ def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not done.exists():
+            if log_every:
+                print(f"[bib-ray] pre-training the default LM for {task.name} ({config.steps} MLM steps, once; "
+                      f"cached in {path.parent})", flush=True)
             pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
                               path, log_every=log_every)
     return path

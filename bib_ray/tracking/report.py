@@ -91,7 +91,7 @@ def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
     return runs
 
 
-def _is_parent(run) -> bool:
+def is_ablation_parent(run) -> bool:
     """An ablation's parent: the kind tag (which its cells carry too) and no parent of its own."""
     return run.data.tags.get(KIND_TAG) == "ablation" and PARENT_TAG not in run.data.tags
 
@@ -118,7 +118,7 @@ def find_parent(client_or_store: Any, target: str):
         if run is not None and run.info.lifecycle_stage == "deleted":
             raise BibInputError("target", f"run {target} is deleted", "restore it in the MLflow UI, or " + FIND_FIX)
         if run is not None:
-            if _is_parent(run):
+            if is_ablation_parent(run):
                 return run
             parent = run.data.tags.get(PARENT_TAG)
             hint = f"; it is a cell of parent run {parent}" if parent else ""
@@ -126,7 +126,8 @@ def find_parent(client_or_store: Any, target: str):
     filter_string = f"tags.`{KIND_TAG}` = 'ablation' and tags.`{NAME_TAG}` = {_quote(target)}"
     # Every experiment: the driver names its experiment after the plan, but a user may have moved runs
     # or reused a name under another experiment; the newest parent wins wherever it is.
-    found = [r for r in _search_all(client, _all_experiment_ids(client), filter_string) if _is_parent(r)]
+    found = [r for r in _search_all(client, _all_experiment_ids(client), filter_string)
+             if is_ablation_parent(r)]
     if not found:
         raise BibInputError("target", f"no ablation parent run with id or name {target!r}", FIND_FIX)
     return max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
