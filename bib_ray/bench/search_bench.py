@@ -21,6 +21,25 @@ from bib_ray.spec import RunSpec
 from bib_ray.workbench import build_task
 
 
+def where_time_went(finals: list[dict], started_at: float, ended_at: float) -> dict[str, float]:
+    """Each worker's timeline, averaged over workers: start-up before its first trial, gaps between
+    its trials (Tune hand-over), time inside trials outside BIB steps, BIB steps, and the tail after
+    its last trial (shut-down). Time.time() stamps from trials on one machine share the clock."""
+    by_worker: dict[int, list[dict]] = {}
+    for m in finals:
+        by_worker.setdefault(m["worker_pid"], []).append(m)
+    totals = {"startup": 0.0, "between_trials": 0.0, "in_trial_not_steps": 0.0, "bib_steps": 0.0, "tail": 0.0}
+    for trials in by_worker.values():
+        trials.sort(key=lambda m: m["trial_started_at"])
+        totals["startup"] += trials[0]["trial_started_at"] - started_at
+        totals["between_trials"] += sum(b["trial_started_at"] - a["trial_ended_at"] for a, b in zip(trials, trials[1:]))
+        totals["in_trial_not_steps"] += sum(m["trial_ended_at"] - m["trial_started_at"] - m["design_seconds"]
+                                            for m in trials)
+        totals["bib_steps"] += sum(m["design_seconds"] for m in trials)
+        totals["tail"] += ended_at - trials[-1]["trial_ended_at"]
+    return {k: v / max(1, len(by_worker)) for k, v in totals.items()}
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark search and print its figures."""
     steps = args.steps or 20
@@ -43,10 +62,10 @@ def main(args: argparse.Namespace) -> int:
         "trials": args.trials, "concurrency": slots, "scheduler": {"type": "none"},
         "resources": {"cpu": 1, "gpu": 0}}, "bench")
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         outcome = run_search(space, f"sqlite:///{tmp}/mlruns.db", address=args.address,
                              storage=str(Path(tmp) / "runs"), best_output=Path(tmp) / "best.yaml")
-        wall = time.perf_counter() - t0
+        wall, ended_at = time.perf_counter() - t0, time.time()
     finals = [r.metrics for r in outcome.job.results if r.metrics and r.metrics.get("final")]
     design = sum(m["design_seconds"] for m in finals)
     setup = sum(m["setup_seconds"] for m in finals)
@@ -60,6 +79,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"wall_s={wall:.1f} design_step_s_summed={design:.1f} trial_setup_s_summed={setup:.1f} "
           f"trial_total_s_summed={trial_total:.1f} inside_trainable_s={inside:.1f} bib_runs_s={runs:.1f}")
     print(f"workers={len(loads)} lm_loads_per_worker={sorted(loads.values())}")
+    parts = where_time_went(finals, started_at, ended_at)
+    print("per trial slot, seconds: " + " ".join(f"{k}={v:.2f}" for k, v in parts.items()))
     print(f"best normalized_max={outcome.best_metrics.get('normalized_max', float('nan')):.4f}")
     print(f"overhead_share={1 - design / (wall * slots):.3f}")
     return 0

@@ -5,14 +5,21 @@ on the head node works for a whole cluster; and the callback can find a trial's 
 ``trial_id`` tag after a resume or a retry, so a trial never gets two runs and a retried step is never
 logged twice. (Ray's MLflowLoggerCallback creates a new run per start, which duplicates runs on
 resume, and cannot nest them or tag them per trial.)
+
+Why a writer thread: every ``tune.report`` of a trial waits until Tune's event loop has handled the
+result, callbacks included. Store writes (SQLite commits, or REST calls to a tracking server) made
+there would stall every running trial; the callback only queues them, in order, for one thread.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import queue
+import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune import Callback
 
@@ -36,18 +43,64 @@ def designs_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+class StoreWriter:
+    """One daemon thread that runs store writes in the order they were queued.
+
+    A write that fails (after the store's own retries) is kept and raised by the next :meth:`drain`,
+    so an error is never lost, only reported where the driver can act on it.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="bib-ray-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is not None and self._error is None:
+                    job()
+            except BaseException as err:  # noqa: BLE001 - handed to the driver by drain()
+                self._error = err
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                print(f"[bib-ray] MLflow write failed ({first}); later writes are skipped and the search "
+                      "stops with this error at its end", file=sys.stderr, flush=True)
+            finally:
+                self._queue.task_done()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue a write; returns at once."""
+        self._queue.put(job)
+
+    def drain(self) -> None:
+        """Wait until every queued write is done; raise the first write that failed."""
+        self._queue.join()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
 class MLflowTrialCallback(Callback):
-    """Logs params, per-step metrics, final metrics, designs and status of every trial."""
+    """Logs params, per-step metrics, final metrics, designs and status of every trial.
+
+    Tune's hooks only keep the books (which trials finished, failed, or wait for a flush) and queue the
+    store writes; run ids and the last logged step per trial live in the writer thread, which alone
+    reads and writes them.
+    """
 
     def __init__(self, store: Store, parent_id: str, tags: dict[str, Any]) -> None:
         self.store = store
         self.parent_id = parent_id
         self.tags = tags
-        self.runs: dict[str, str] = {}
-        self.last_step: dict[str, int] = {}
+        self.writer = StoreWriter()
+        self.runs: dict[str, str] = {}  # writer thread only
+        self.last_step: dict[str, int] = {}  # writer thread only
         self.finished: set[str] = set()
         self.failed: set[str] = set()
         self.pending: dict[str, list[tuple[int, dict]]] = {}
+        self.pending_trials: dict[str, Any] = {}
         self.tagged_node: set[str] = set()
         self.flushed_at = time.monotonic()
 
@@ -55,15 +108,17 @@ class MLflowTrialCallback(Callback):
         """Tune pickles its run config (callbacks included): keep the store's address, not its client."""
         state = dict(self.__dict__)
         state["store"] = (self.store.uri, self.store.experiment)
-        state["pending"] = {}
+        state["pending"], state["pending_trials"] = {}, {}
+        state.pop("writer", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         uri, experiment = state["store"]
         self.__dict__.update(state)
         self.store = Store(uri, experiment)
+        self.writer = StoreWriter()
 
-    # --- run lookup --------------------------------------------------------------------------------
+    # --- run lookup (writer thread) -----------------------------------------------------------------
     def _run_for(self, trial) -> str:
         trial_id = trial.trial_id
         if trial_id in self.runs:
@@ -92,51 +147,79 @@ class MLflowTrialCallback(Callback):
         self.runs[trial_id] = run_id
         return run_id
 
-    # --- Tune hooks ---------------------------------------------------------------------------------
+    def _write_rows(self, trial, rows: list[tuple[int, dict]]) -> None:
+        run_id = self._run_for(trial)
+        last = self.last_step.get(trial.trial_id, 0)
+        # A retried attempt replays steps already logged (same seed, same numbers): skip them.
+        fresh = [(step, metrics) for step, metrics in rows if step > last]
+        if fresh:
+            self.store.log_metric_rows(run_id, fresh)
+            self.last_step[trial.trial_id] = fresh[-1][0]
+
+    # --- Tune hooks (Tune's event loop: book-keeping and queueing only) -----------------------------
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._run_for(trial)
+        self.writer.submit(lambda: self._run_for(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        run_id = self._run_for(trial)
         trial_id = trial.trial_id
         if result.get("final"):
-            self._finish(trial, run_id, result)
+            self._finish(trial, result)
             return
         if "node" in result and trial_id not in self.tagged_node:
-            self.store.set_tags(run_id, {"node": result["node"]})
+            node = result["node"]
+            self.writer.submit(lambda: self.store.set_tags(self._run_for(trial), {"node": node}))
             self.tagged_node.add(trial_id)
         for row in result.get("history") or []:
-            step = int(row["step"])
-            if step <= self.last_step.get(trial_id, 0):
-                continue  # a retried attempt replays steps already logged: same seed, same numbers
             metrics = {k: v for k, v in row.items() if k not in SKIP_METRICS}
-            self.pending.setdefault(trial_id, []).append((step, metrics))
-            self.last_step[trial_id] = step
+            self.pending.setdefault(trial_id, []).append((int(row["step"]), metrics))
+            self.pending_trials[trial_id] = trial
         if time.monotonic() - self.flushed_at > FLUSH_SECONDS:
-            self.flush()
+            self._queue_pending()
 
-    def flush(self, trial_id: str | None = None) -> None:
-        """Write buffered per-step metrics (one batched call per trial instead of one per step)."""
-        ids = [trial_id] if trial_id is not None else list(self.pending)
+    def _queue_pending(self, trial=None) -> None:
+        """Queue the buffered per-step metrics (one batched write per trial instead of one per step)."""
+        ids = [trial.trial_id] if trial is not None else list(self.pending)
         for tid in ids:
             rows = self.pending.pop(tid, [])
             if rows:
-                self.store.log_metric_rows(self.runs[tid], rows)
-        if trial_id is None:
+                owner = self.pending_trials.pop(tid, trial)
+                self.writer.submit(lambda owner=owner, rows=rows: self._write_rows(owner, rows))
+        if trial is None:
             self.flushed_at = time.monotonic()
+
+    def flush(self) -> None:
+        """Write everything buffered or queued, and wait for it (the store is then up to date)."""
+        self._queue_pending()
+        self.writer.drain()
 
     def close_from_result(self, trial, run_id: str, result: dict) -> None:
         """Close a run whose trial finished while no driver was listening (used on resume)."""
-        self.runs[trial.trial_id] = run_id
-        self._finish(trial, run_id, result)
+        def adopt() -> None:
+            self.runs[trial.trial_id] = run_id
+        self.writer.submit(adopt)
+        self._finish(trial, result)
 
-    def _finish(self, trial, run_id: str, result: dict) -> None:
-        self.flush(trial.trial_id)
+    def _finish(self, trial, result: dict) -> None:
+        self._queue_pending(trial)
         if result.get("failed_reason"):
-            self.store.set_tags(run_id, {"failed_reason": result["failed_reason"]})
-            self.store.set_status(run_id, "FAILED")
+            reason = result["failed_reason"]
             self.failed.add(trial.trial_id)
+            self.writer.submit(lambda: self._close_failed(trial, reason))
             return
+        self.finished.add(trial.trial_id)
+        result = dict(result)
+        self.writer.submit(lambda: self._close_finished(trial, result))
+        shown = {k: result[k] for k in ("normalized_max", "normalized_median", "offline_proxy_mean") if k in result}
+        print(f"[bib-ray] trial {trial.trial_id} finished: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
+              flush=True)
+
+    def _close_failed(self, trial, reason: str) -> None:
+        run_id = self._run_for(trial)
+        self.store.set_tags(run_id, {"failed_reason": reason})
+        self.store.set_status(run_id, "FAILED")
+
+    def _close_finished(self, trial, result: dict) -> None:
+        run_id = self._run_for(trial)
         # The final record's metrics (seed means) under the same names, at the last iteration: MLflow's
         # latest value of each metric is then exactly Tune's last result.
         final = {k: v for k, v in result.items() if k not in SKIP_METRICS and k not in ("designs_table", "history")}
@@ -149,22 +232,20 @@ class MLflowTrialCallback(Callback):
         if result.get("designs_table"):
             self.store.log_text(run_id, designs_csv(result["designs_table"]), "designs.csv")
         self.store.set_status(run_id, "FINISHED")
-        self.finished.add(trial.trial_id)
-        shown = {k: result[k] for k in ("normalized_max", "normalized_median", "offline_proxy_mean") if k in result}
-        print(f"[bib-ray] trial {trial.trial_id} finished: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
-              flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self._run_for(trial)
-        self.flush(trial.trial_id)
+        self._queue_pending(trial)
         if trial.trial_id not in self.finished and trial.trial_id not in self.failed:
-            self.store.set_tags(run_id, {"stopped": "early stopping (scheduler)"})
-            self.store.set_status(run_id, "FINISHED")
             self.finished.add(trial.trial_id)
 
+            def close_stopped() -> None:
+                run_id = self._run_for(trial)
+                self.store.set_tags(run_id, {"stopped": "early stopping (scheduler)"})
+                self.store.set_status(run_id, "FINISHED")
+            self.writer.submit(close_stopped)
+
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self._run_for(trial)
-        self.flush(trial.trial_id)
+        self._queue_pending(trial)
         reason = "worker failed"
         error_file = getattr(trial, "error_file", None) or ""
         try:
@@ -172,13 +253,13 @@ class MLflowTrialCallback(Callback):
             reason = text[-1][:500] if text else reason
         except OSError:
             pass
-        self.store.set_tags(run_id, {"failed_reason": reason})
-        self.store.set_status(run_id, "FAILED")
         self.failed.add(trial.trial_id)
+        self.writer.submit(lambda: self._close_failed(trial, reason))
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.flush()
 
     def open_run_ids(self) -> list[str]:
-        """Child runs this callback opened and did not close."""
+        """Child runs this callback opened and did not close (after the queued writes are done)."""
+        self.flush()
         return [run for tid, run in self.runs.items() if tid not in self.finished and tid not in self.failed]

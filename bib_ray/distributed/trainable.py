@@ -103,6 +103,7 @@ def bib_trainable(config: dict[str, Any]) -> None:
     trial_id = context.get_trial_id() or "local"
     node = _node_name()
     started = time.perf_counter()
+    started_at = time.time()
     bench = workbench.get_workbench(spec)
     setup_seconds = time.perf_counter() - started
     finals: list[dict[str, float]] = []
@@ -146,4 +147,5 @@ def bib_trainable(config: dict[str, Any]) -> None:
     tune.report({**summary, "final": True, "step": iteration + 1, "seeds": len(seeds), "lm_loads_in_worker": workbench.LM_LOADS,
                  "worker_pid": os.getpid(), "node": node, "design_seconds": compute_seconds,
                  "run_seconds": run_seconds, "trial_seconds": time.perf_counter() - started,
-                 "setup_seconds": setup_seconds, "designs_table": rows})
+                 "setup_seconds": setup_seconds, "designs_table": rows,
+                 "trial_started_at": started_at, "trial_ended_at": time.time()})

@@ -169,6 +169,7 @@ def reconcile_children(store: Store, parent_id: str, path: Path, callback) -> di
         elif trial.status == "TERMINATED" and (trial.last_result or {}).get("final"):
             callback.close_from_result(trial, run.info.run_id, trial.last_result)
             counts["closed"] += 1
+    callback.flush()
     return counts
 
 
@@ -240,7 +241,7 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
             results = tuner.fit()
         except KeyboardInterrupt:
             results, interrupted = None, True
-    callback.flush()  # per-step metrics still buffered (after Ctrl-C Tune may not end the experiment)
+    callback.flush()  # metrics still buffered or queued (after Ctrl-C Tune may not end the experiment)
     interrupted = interrupted or any(event.is_set() for event in stop_events)
     if results is not None:
         done = results.num_terminated + results.num_errors
