@@ -2,7 +2,8 @@
 
 16 trials (default) on local Ray with the default LM and small steps, no early stopping, logged to a
 throw-away MLflow SQLite store. Prints wall time, the summed time of BIB design steps, per-worker LM
-loads, and last ``overhead_share=<fraction>``: 1 - (summed design-step seconds) / (wall seconds x
+loads, where each trial slot's time went (start-up, hand-over between trials, trial time outside BIB
+steps, BIB steps, tail), and last ``overhead_share=<fraction>``: 1 - (summed design-step seconds) / (wall seconds x
 concurrent trial slots), i.e. the share of the machine's trial capacity not spent in BIB steps.
 The wall time counts everything ``bib-ray search`` does: Ray start-up, MLflow logging, Tune.
 """
