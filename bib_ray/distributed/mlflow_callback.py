@@ -74,10 +74,11 @@ class StoreWriter:
         """Queue a write; returns at once."""
         self._queue.put(job)
 
-    def drain(self) -> None:
-        """Wait until every queued write is done; raise the first write that failed."""
+    def drain(self, raise_error: bool = True) -> None:
+        """Wait until every queued write is done; raise the first write that failed (or keep it for
+        the next drain that may raise)."""
         self._queue.join()
-        if self._error is not None:
+        if raise_error and self._error is not None:
             err, self._error = self._error, None
             raise err
 
@@ -257,7 +258,9 @@ class MLflowTrialCallback(Callback):
         self.writer.submit(lambda: self._close_failed(trial, reason))
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        self.flush()
+        # Wait for the writes, but raise a failed one in the driver (execute's flush), not inside Tune.
+        self._queue_pending()
+        self.writer.drain(raise_error=False)
 
     def open_run_ids(self) -> list[str]:
         """Child runs this callback opened and did not close (after the queued writes are done)."""
