@@ -110,6 +110,8 @@ class MLflowTrialCallback(Callback):
         state = dict(self.__dict__)
         state["store"] = (self.store.uri, self.store.experiment)
         state["pending"], state["pending_trials"] = {}, {}
+        # The writer thread may be adding entries: copy them (one C-level copy under the GIL).
+        state["runs"], state["last_step"] = dict(self.runs), dict(self.last_step)
         state.pop("writer", None)
         return state
 
