@@ -30,7 +30,7 @@ FLUSH_SECONDS = 2.0
 FINAL_ONLY_METRIC = "design_seconds"  # present in a trial's final record only
 SKIP_METRICS = {"step", "final", "seeds", "done", "training_iteration", "time_this_iter_s", "time_total_s",
                 "timestamp", "worker_pid", "pid", "iterations_since_restore", "time_since_restore",
-                "lm_loads_in_worker", "seed"}
+                "lm_loads_in_worker", "seed", "trial_started_at", "trial_ended_at"}
 
 
 def designs_csv(rows: list[dict]) -> str:
@@ -51,7 +51,7 @@ class StoreWriter:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="bib-ray-mlflow-writer", daemon=True)
         self._thread.start()
@@ -60,13 +60,13 @@ class StoreWriter:
         while True:
             job = self._queue.get()
             try:
-                if job is not None and self._error is None:
+                if self._error is None:
                     job()
             except BaseException as err:  # noqa: BLE001 - handed to the driver by drain()
                 self._error = err
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                print(f"[bib-ray] MLflow write failed ({first}); later writes are skipped and the search "
-                      "stops with this error at its end", file=sys.stderr, flush=True)
+                print(f"[bib-ray] MLflow write failed ({first}); later writes are skipped and the command "
+                      "stops with this error once Tune ends", file=sys.stderr, flush=True)
             finally:
                 self._queue.task_done()
 
