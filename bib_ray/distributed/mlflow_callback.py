@@ -100,8 +100,7 @@ class MLflowTrialCallback(Callback):
         self.last_step: dict[str, int] = {}  # writer thread only
         self.finished: set[str] = set()
         self.failed: set[str] = set()
-        self.pending: dict[str, list[tuple[int, dict]]] = {}
-        self.pending_trials: dict[str, Any] = {}
+        self.pending: dict[str, tuple[Any, list[tuple[int, dict]]]] = {}  # trial id -> (trial, step rows)
         self.tagged_node: set[str] = set()
         self.flushed_at = time.monotonic()
 
@@ -109,7 +108,7 @@ class MLflowTrialCallback(Callback):
         """Tune pickles its run config (callbacks included): keep the store's address, not its client."""
         state = dict(self.__dict__)
         state["store"] = (self.store.uri, self.store.experiment)
-        state["pending"], state["pending_trials"] = {}, {}
+        state["pending"] = {}
         # The writer thread may be adding entries: copy them (one C-level copy under the GIL).
         state["runs"], state["last_step"] = dict(self.runs), dict(self.last_step)
         state.pop("writer", None)
@@ -174,8 +173,7 @@ class MLflowTrialCallback(Callback):
             self.tagged_node.add(trial_id)
         for row in result.get("history") or []:
             metrics = {k: v for k, v in row.items() if k not in SKIP_METRICS}
-            self.pending.setdefault(trial_id, []).append((int(row["step"]), metrics))
-            self.pending_trials[trial_id] = trial
+            self.pending.setdefault(trial_id, (trial, []))[1].append((int(row["step"]), metrics))
         if time.monotonic() - self.flushed_at > FLUSH_SECONDS:
             self._queue_pending()
 
@@ -183,9 +181,8 @@ class MLflowTrialCallback(Callback):
         """Queue the buffered per-step metrics (one batched write per trial instead of one per step)."""
         ids = [trial.trial_id] if trial is not None else list(self.pending)
         for tid in ids:
-            rows = self.pending.pop(tid, [])
+            owner, rows = self.pending.pop(tid, (trial, []))
             if rows:
-                owner = self.pending_trials.pop(tid, trial)
                 self.writer.submit(lambda owner=owner, rows=rows: self._write_rows(owner, rows))
         if trial is None:
             self.flushed_at = time.monotonic()
