@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("target", help="parent run id or ablation name")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (as for search)")
     report.add_argument("--output", default="ablation_report", metavar="DIR", help="folder for the report files")
+    report.add_argument("--reference", metavar="VARIANT", help="variant label the paired differences compare "
+                        "against (default: the plan's reference, else fixed)")
     report.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures",

@@ -77,6 +77,16 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
     return engine, start
 
 
+def provenance(spec: RunSpec, bench: Workbench) -> dict[str, Any]:
+    """What a reader needs to know which LM and which code produced a result: the LM's weights
+    fingerprint (a hash of the loaded tensors), its pre-training seed (None for an LM given by id or
+    path), and the versions of torch and transformers that ran it."""
+    import transformers
+
+    return {"lm_fingerprint": bench.proxy.fingerprint(), "lm_seed": None if spec.lm else spec.lm_pretrain.seed,
+            "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+
 def validate_spec(spec: RunSpec) -> Task:
     """Checks that need the task, done before any LM is loaded or trained: returns the task."""
     from bib_ray.proxy.lm_proxy import check_model_source, resolve_device
@@ -132,7 +142,8 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
         "task": task.name, "variant": spec.engine.variant, "adaptive_eta": spec.engine.adaptive_eta,
         "seed": spec.engine.seed, "steps": steps, "designs": int(designs.shape[0]),
         "has_oracle": task.has_oracle, "best_offline_normalized": offline_norm,
-        "best_offline_raw": float(np.max(task.offline_y)), "lm": bench.proxy.name, **final,
+        "best_offline_raw": float(np.max(task.offline_y)), "lm": bench.proxy.name, **provenance(spec, bench),
+        **final,
     }
     if not task.has_oracle:
         metrics["note"] = "this task has no oracle: scores are the proxy's (forward ridge) predictions"

@@ -50,3 +50,17 @@ def ray_session_with_cache(root: Path):
             os.environ.pop("BIB_RAY_CACHE", None)
         else:
             os.environ["BIB_RAY_CACHE"] = old
+
+
+def assert_no_running_runs(uri: str) -> None:
+    """No MLflow run in the store at ``uri`` is left RUNNING (a store that was never created has none)."""
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    running = [r.info.run_id for r in client.search_runs(ids, "attributes.status = 'RUNNING'")] if ids else []
+    assert not running, running

@@ -65,7 +65,8 @@ def test_report_files_and_artifacts(ablation_run):
         assert imread(png).shape[0] > 100
     store = Store(uri, plan.name)
     logged = {a.path for a in store.client.list_artifacts(first.parent_id, "report")}
-    assert logged == {"report/table.md", "report/table.csv", "report/scores.png", "report/trajectory.png"}
+    assert logged == {"report/table.md", "report/table.csv", "report/paired.md", "report/paired.csv",
+                      "report/scores.png", "report/paired.png", "report/trajectory.png"}
 
 
 def test_rerun_skips_finished_cells(ablation_run):

@@ -25,7 +25,8 @@ VARIANTS = ["learned+eta", "forward"]  # deliberately not in table order
 SEEDS = [0, 1]
 TASKS = ("tfbind8", "csv")  # csv: no oracle, so the table falls back to proxy scores
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPORT_FILES = {"table.md", "table.csv", "scores.png", "trajectory.png"}
+REPORT_FILES = {"table.md", "table.csv", "paired.md", "paired.csv", "scores.png", "paired.png", "trajectory.png",
+                "across_tasks.md", "across_tasks.csv"}
 COLUMN_METRICS = {
     "normalized": {"max": "normalized_max", "median": "normalized_median", "mean": "normalized_mean"},
     "proxy": {"max": "proxy_max", "median": "proxy_median", "mean": "proxy_mean"},
@@ -91,11 +92,15 @@ def test_finals_are_the_step_t_plus_1_record_and_bad_cells_are_skipped(ablation)
 def test_markdown_has_a_row_per_variant(ablation):
     report = ablation["report"]
     md = report.markdown
-    assert md.splitlines()[0] == "| task | variant | seeds | max | median | mean | edit distance |"
+    assert md.splitlines()[0] == "| task | variant | n | max | median | mean | edit distance |"
+
+    def with_interval(e, column):
+        return (f"{e[column + '_mean']:.3f} ± {e[column + '_std']:.3f} "
+                f"[{e[column + '_ci_low']:.3f}, {e[column + '_ci_high']:.3f}]")
+
     for e in report.summary:
-        row = (f"| {e['task']} | {e['variant']} | 2 | {e['max_mean']:.3f} ± {e['max_std']:.3f} | "
-               f"{e['median_mean']:.3f} ± {e['median_std']:.3f} | {e['mean_mean']:.3f} ± {e['mean_std']:.3f} | "
-               f"{e['edit_distance_mean']:.3f} ± {e['edit_distance_std']:.3f} |")
+        row = (f"| {e['task']} | {e['variant']} | 2 | {with_interval(e, 'max')} | {with_interval(e, 'median')} | "
+               f"{with_interval(e, 'mean')} | {e['edit_distance_mean']:.3f} ± {e['edit_distance_std']:.3f} |")
         assert row in md.splitlines(), (row, md)
     assert "csv: no oracle, proxy scores" in md
     assert report.table_md.read_text() == md
@@ -185,7 +190,7 @@ def test_cli_report_prints_the_table_and_exits_0(ablation, tmp_path):
     proc = run_cli(["report", NAME, "--tracking-uri", ablation["uri"], "--output", str(out)], cwd=tmp_path,
                    timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| task | variant | seeds | max | median | mean | edit distance |" in proc.stdout
+    assert "| task | variant | n | max | median | mean | edit distance |" in proc.stdout
     for e in ablation["report"].summary:
         assert f"| {e['task']} | {e['variant']} | 2 |" in proc.stdout
     assert ablation["parent"] in proc.stdout and "skipped cells: 1 failed, 1 killed" in proc.stdout
@@ -206,7 +211,7 @@ def _fake_run(run_id, task, variant, eta, seed, start, metrics, status="FINISHED
         tags["cell_key"] = cell_key
     return SimpleNamespace(info=SimpleNamespace(run_id=run_id, status=status, start_time=start, end_time=start + 1,
                                                 run_name=run_id),
-                           data=SimpleNamespace(tags=tags, metrics=metrics))
+                           data=SimpleNamespace(tags=tags, metrics=metrics, params={}))
 
 
 def test_summarise_in_memory_population_std_dedup_and_missing_metrics():
@@ -229,6 +234,8 @@ def test_summarise_in_memory_population_std_dedup_and_missing_metrics():
     backward = summary[0]
     assert backward["max_mean"] == 0.7 and backward["max_std"] == 0.0 and math.isnan(backward["edit_distance_mean"])
     md = to_markdown(summary)
-    assert "| aav | grad+eta | 2 | 2.000 ± 1.000 | – | – | 3.000 ± 1.000 |" in md
+    # t interval of [1, 3] with one degree of freedom: 2 ± 12.706 (one LM: over design seeds).
+    assert "| aav | grad+eta | 2 | 2.000 ± 1.000 [-10.706, 14.706] | – | – | 3.000 ± 1.000 |" in md
+    assert "t interval over design seeds on one LM" in md
     parsed = list(csv.DictReader(io.StringIO(to_csv(summary))))
     assert parsed[1]["max_std"] == "1.0" and parsed[1]["mean_mean"] == "" and parsed[0]["max_mean"] == "0.7"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, load_plan
+from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, lm_seed_list, load_plan
 from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
@@ -73,11 +73,13 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
                                    "cell": tune.grid_search([c.as_config() for c in todo])},
                       resources={"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}, metric=None, mode=None,
                       num_samples=1, max_concurrent=plan.concurrency, max_failures=plan.max_failures,
-                      parent_tags={"plan_cells": len(cells)},
+                      parent_tags={"plan_cells": len(cells), "reference": plan.reference_label},
                       parent_params={"tasks": ",".join(sorted({c.spec.task.name for c in cells})),
                                      "variants": ",".join(plan.variants), "baseline": plan.baseline,
                                      "adaptive_eta": ",".join(str(e).lower() for e in plan.adaptive_eta),
-                                     "seeds": ",".join(map(str, plan.seeds))},
+                                     "seeds": ",".join(map(str, plan.seeds)),
+                                     "lm_seeds": ",".join(str(s) for s in lm_seed_list(plan.lm_seeds, base)),
+                                     "reference": plan.reference_label},
                       parent_texts={"ablation_plan.yaml": source_text or yaml.safe_dump(plan.model_dump(mode="json"))},
                       resume_command=resume_command, existing_parent=parent_id, expected_trials=len(todo))
         job_outcome = execute(job, storage_root(storage), resume)
@@ -106,6 +108,6 @@ def run_ablation_command(args: argparse.Namespace) -> int:
     ran = len(outcome.cells) - len(outcome.skipped)
     print(f"ablation {plan.name}: {ran} cells run, {len(outcome.skipped)} already finished (skipped"
           f"{'' if not outcome.skipped else '; --force re-runs them'})")
-    print(outcome.report.markdown)
+    print(outcome.report.text)
     print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} at {uri}")
     return 0

@@ -30,7 +30,7 @@ FLUSH_SECONDS = 2.0
 FINAL_ONLY_METRIC = "design_seconds"  # present in a trial's final record only
 SKIP_METRICS = {"step", "final", "seeds", "done", "training_iteration", "time_this_iter_s", "time_total_s",
                 "timestamp", "worker_pid", "pid", "iterations_since_restore", "time_since_restore",
-                "lm_loads_in_worker", "seed", "trial_started_at", "trial_ended_at"}
+                "lm_loads_in_worker", "seed", "trial_started_at", "trial_ended_at", "lm_seed"}
 
 
 def designs_csv(rows: list[dict]) -> str:
@@ -137,7 +137,9 @@ class MLflowTrialCallback(Callback):
             cell = (trial.config.get("cell") or {}).get("name", "")
             tags = {**self.tags, "trial_id": trial_id, "task": spec.task.name, "variant": spec.engine.variant,
                     "adaptive_eta": str(spec.engine.adaptive_eta).lower(),
-                    "seed": ",".join(str(s) for s in trial.config.get("seeds") or [spec.engine.seed])}
+                    "seed": ",".join(str(s) for s in trial.config.get("seeds") or [spec.engine.seed]),
+                    "lm_seed": "none" if spec.lm else ",".join(
+                        str(s) for s in trial.config.get("lm_seeds") or [spec.lm_pretrain.seed])}
             if cell:
                 tags["cell"] = cell
                 tags["cell_key"] = trial.config["cell"].get("key", "")
@@ -222,13 +224,15 @@ class MLflowTrialCallback(Callback):
         run_id = self._run_for(trial)
         # The final record's metrics (seed means) under the same names, at the last iteration: MLflow's
         # latest value of each metric is then exactly Tune's last result.
-        final = {k: v for k, v in result.items() if k not in SKIP_METRICS and k not in ("designs_table", "history")}
+        final = {k: v for k, v in result.items()
+                 if k not in SKIP_METRICS and k not in ("designs_table", "history", "provenance")}
         final_step = int(result.get("step") or self.last_step.get(trial.trial_id, 0) + 1)
         logged = retrying(lambda: self.store.client.get_run(run_id)).data.metrics
         if FINAL_ONLY_METRIC not in logged:  # a driver killed mid-close may have logged it already
             self.store.log_metrics(run_id, final, final_step)
         self.store.set_tags(run_id, {"lm_loads_in_worker": result.get("lm_loads_in_worker"),
-                                     "worker_pid": result.get("worker_pid"), "node": result.get("node", "")})
+                                     "worker_pid": result.get("worker_pid"), "node": result.get("node", ""),
+                                     **(result.get("provenance") or {})})
         if result.get("designs_table"):
             self.store.log_text(run_id, designs_csv(result["designs_table"]), "designs.csv")
         self.store.set_status(run_id, "FINISHED")

@@ -1,14 +1,19 @@
 """Ablation plans: YAML validated into typed objects, expanded into cells.
 
-A plan crosses tasks x variants x Adaptive-eta (on/off) x seeds, optionally adds the ``grad``
-baseline, and lets cells override any run setting by matching on task, variant or eta. Each cell is a
-dotted-path update of the base run spec; its key (a hash of the plan name and the cell's full run
-spec) is how a re-run recognises a cell that already finished.
+A plan crosses tasks x variants x Adaptive-eta (on/off) x LM seeds x design seeds, optionally adds
+the ``grad`` baseline, and lets cells override any run setting by matching on task, variant, eta or a
+seed. Each cell is one replicate, a dotted-path update of the base run spec; its key (a hash of the
+plan name and the cell's full run spec) is how a re-run recognises a cell that already finished.
+
+Why LM seeds are an axis: the default LM is pre-trained by bib-ray, and its pre-training seed moves
+the scores more than the choice of variant does. A comparison that holds the LM fixed reports a spread
+over design seeds only and a ranking the next LM can overturn; each LM seed is its own pre-trained LM.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +22,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bib_ray.core.config import VARIANTS
-from bib_ray.distributed.space import Resources
+from bib_ray.distributed.space import Resources, check_lm_seeds, lm_seed_list
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, TaskSpec, load_run_spec, load_yaml, parse_run_spec, validate_mapping
+
+
+MATCH_KEYS = ("task", "variant", "adaptive_eta", "seed", "lm_seed")
 
 
 class Override(BaseModel):
@@ -27,15 +35,16 @@ class Override(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    match: dict[str, Any] = Field(default_factory=dict, description="keys: task, variant, adaptive_eta, seed")
+    match: dict[str, Any] = Field(default_factory=dict,
+                                  description="keys: task, variant, adaptive_eta, seed, lm_seed")
     set: dict[str, Any] = Field(min_length=1, description="dotted run settings, e.g. engine.gamma_lr: 0.05")
 
     @field_validator("match")
     @classmethod
     def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(value) - {"task", "variant", "adaptive_eta", "seed"}
+        unknown = set(value) - set(MATCH_KEYS)
         if unknown:
-            raise ValueError(f"unknown match key(s) {sorted(unknown)}; use task, variant, adaptive_eta, seed")
+            raise ValueError(f"unknown match key(s) {sorted(unknown)}; use {', '.join(MATCH_KEYS)}")
         return value
 
 
@@ -51,7 +60,11 @@ class AblationPlan(BaseModel):
     variants: list[str] = Field(default_factory=lambda: ["forward", "backward", "fixed", "learned"], min_length=1)
     adaptive_eta: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
     baseline: bool = Field(True, description="add the grad baseline (with each adaptive_eta value)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="design seeds")
+    lm_seeds: list[int] | None = Field(None, description="pre-training seeds of the default LM, one LM each "
+                                                         "(default: the base's lm_pretrain.seed, i.e. [0])")
+    reference: str | None = Field(None, description="variant label the paired differences compare against "
+                                                    "(default: fixed, else the first variant)")
     overrides: list[Override] = Field(default_factory=list)
     concurrency: int = Field(2, ge=1)
     resources: Resources = Field(default_factory=Resources)
@@ -77,6 +90,28 @@ class AblationPlan(BaseModel):
                 raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         return value
 
+    @field_validator("lm_seeds")
+    @classmethod
+    def _lm_seeds(cls, value: list[int] | None) -> list[int] | None:
+        return check_lm_seeds(value)
+
+    @property
+    def variant_labels(self) -> list[str]:
+        """Every variant label the plan produces (``learned``, ``learned+eta``, ``grad``, ...)."""
+        variants = list(self.variants) + (["grad"] if self.baseline and "grad" not in self.variants else [])
+        return [f"{v}{'+eta' if eta else ''}" for v in variants for eta in self.adaptive_eta]
+
+    @property
+    def reference_label(self) -> str:
+        """The variant label paired differences are taken against (checked: one of the plan's labels)."""
+        labels = self.variant_labels
+        if self.reference is None:
+            return "fixed" if "fixed" in labels else labels[0]
+        if self.reference not in labels:
+            raise BibInputError("reference", f"{self.reference!r} is not among the plan's variants "
+                                f"({', '.join(labels)})", "name one of them, or omit it for fixed")
+        return self.reference
+
     @model_validator(mode="after")
     def _overrides_are_run_settings(self) -> "AblationPlan":
         for i, override in enumerate(self.overrides):
@@ -101,31 +136,33 @@ class Cell:
         return {"name": self.name, "key": self.key, "updates": self.updates}
 
 
-def _matches(match: dict[str, Any], task: str, variant: str, eta: bool, seed: int) -> bool:
-    values = {"task": task, "variant": variant, "adaptive_eta": eta, "seed": seed}
+def _matches(match: dict[str, Any], values: dict[str, Any]) -> bool:
     return all(values[k] == v for k, v in match.items())
 
 
 def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
-    """Every cell of the plan, in a stable order."""
+    """Every cell (replicate) of the plan, in a stable order: task, variant, eta, LM seed, design seed."""
     tasks = plan.tasks or [base.task]
     variants = list(plan.variants) + (["grad"] if plan.baseline and "grad" not in plan.variants else [])
+    lm_seeds = lm_seed_list(plan.lm_seeds, base)
+    plan.reference_label  # noqa: B018 - a bad reference fails here, before Ray or MLflow start
     cells = []
-    for task in tasks:
-        for variant in variants:
-            for eta in plan.adaptive_eta:
-                for seed in plan.seeds:
-                    updates: dict[str, Any] = {"task.name": task.name, "task.options": dict(task.options),
-                                               "engine.variant": variant, "engine.adaptive_eta": eta,
-                                               "engine.seed": seed}
-                    for override in plan.overrides:
-                        if _matches(override.match, task.name, variant, eta, seed):
-                            updates.update(override.set)
-                    spec = base.with_updates(updates)
-                    digest = hashlib.sha256(json.dumps([plan.name, spec.model_dump(mode="json")],
-                                                       sort_keys=True).encode()).hexdigest()[:16]
-                    label = f"{task.name}/{variant}{'+eta' if eta else ''}/seed{seed}"
-                    cells.append(Cell(name=label, key=digest, updates=updates, spec=spec))
+    for task, variant, eta, lm_seed, seed in itertools.product(tasks, variants, plan.adaptive_eta, lm_seeds,
+                                                               plan.seeds):
+        updates: dict[str, Any] = {"task.name": task.name, "task.options": dict(task.options),
+                                   "engine.variant": variant, "engine.adaptive_eta": eta, "engine.seed": seed}
+        if lm_seed is not None:
+            updates["lm_pretrain.seed"] = lm_seed
+        values = {"task": task.name, "variant": variant, "adaptive_eta": eta, "seed": seed, "lm_seed": lm_seed}
+        for override in plan.overrides:
+            if _matches(override.match, values):
+                updates.update(override.set)
+        spec = base.with_updates(updates)
+        digest = hashlib.sha256(json.dumps([plan.name, spec.model_dump(mode="json")],
+                                           sort_keys=True).encode()).hexdigest()[:16]
+        lm_part = "" if lm_seed is None else f"/lm{lm_seed}"
+        label = f"{task.name}/{variant}{'+eta' if eta else ''}{lm_part}/seed{seed}"
+        cells.append(Cell(name=label, key=digest, updates=updates, spec=spec))
     return cells
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bib_ray.distributed.space import SearchSpace, load_search_space
+from bib_ray.distributed.space import SearchSpace, lm_seed_list, load_search_space
 from bib_ray.distributed.trainable import trial_spec
 from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, execute, open_store_while_ray_starts,
                                          storage_root)
@@ -37,6 +37,7 @@ class SearchOutcome:
 
 def validate_against_task(space: SearchSpace) -> None:
     """Checks that need the task: an oracle metric needs an oracle."""
+    lm_seed_list(space.lm_seeds, space.base)  # lm_seeds with an explicit lm fails here
     task = build_task(space.base.task)
     if space.uses_oracle and not task.has_oracle:
         raise BibInputError("metric", f"{space.metric} needs an oracle but task {task.name!r} has none",
@@ -52,10 +53,13 @@ def default_lm_variants(space: SearchSpace) -> list[RunSpec]:
 
     lm_params = {k: d for k, d in space.params.items() if k.startswith("lm_pretrain.") or k in ("lm", "task.name")}
     if space.base.lm or any(not isinstance(d, Categorical) for d in lm_params.values()):
-        return [] if lm_params else [space.base]
+        return [] if lm_params else [space.base.with_updates({"lm_pretrain.seed": seed}) if seed is not None
+                                     else space.base for seed in lm_seed_list(space.lm_seeds, space.base)]
     keys = list(lm_params)
     combos = itertools.product(*(lm_params[k].values for k in keys))
-    return [space.base.with_updates(dict(zip(keys, combo))) for combo in combos]
+    specs = [space.base.with_updates(dict(zip(keys, combo))) for combo in combos]
+    return [spec.with_updates({"lm_pretrain.seed": seed}) if seed is not None else spec
+            for spec in specs for seed in lm_seed_list(space.lm_seeds, spec)]
 
 
 def build_job(space: SearchSpace, store: Store, source_text: str, resume_command: str) -> TuneJob:
@@ -74,6 +78,7 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
                                   reduction_factor=space.scheduler.reduction_factor,
                                   max_t=10 ** 9)
     param_space: dict[str, Any] = {"base": space.base.model_dump(mode="json"), "seeds": list(space.seeds),
+                                   "lm_seeds": space.lm_seeds,
                                    "report_every": space.report_every,
                                    **space.tune_space()}
     tags = {"benchmark_mode": str(space.uses_oracle).lower(), "metric": space.metric,
@@ -81,7 +86,8 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     params = {"sampler": "optuna.TPESampler", "sampler_seed": space.sampler_seed, "metric": space.metric,
               "mode": space.mode, "trials": space.trials, "concurrency": space.concurrency,
               "scheduler": space.scheduler.type, "resources.cpu": space.resources.cpu,
-              "resources.gpu": space.resources.gpu, "seeds": ",".join(map(str, space.seeds))}
+              "resources.gpu": space.resources.gpu, "seeds": ",".join(map(str, space.seeds)),
+              "lm_seeds": ",".join(map(str, space.lm_seeds or [space.base.lm_pretrain.seed]))}
     return TuneJob(name=space.name, kind="search", store=store, param_space=param_space,
                    resources={"cpu": space.resources.cpu, "gpu": space.resources.gpu}, metric=key,
                    mode=space.mode, num_samples=space.trials, max_concurrent=space.concurrency,

@@ -24,6 +24,29 @@ RESULT_KEYS = {"oracle_max": "normalized_max", "oracle_median": "normalized_medi
 """Search metric name -> the key of the per-step result that carries it."""
 
 
+def check_lm_seeds(value: list[int] | None) -> list[int] | None:
+    """LM seeds are distinct, non-negative, and at least one (shared by ablation plans and search spaces)."""
+    if value is None:
+        return value
+    if not value:
+        raise ValueError("must list at least one seed, e.g. [0, 1, 2]; omit it for the one default LM")
+    if any(seed < 0 for seed in value):
+        raise ValueError("seeds must be 0 or more")
+    if len(set(value)) != len(value):
+        raise ValueError(f"duplicate seeds in {value}; list each LM seed once")
+    return value
+
+
+def lm_seed_list(lm_seeds: list[int] | None, base: RunSpec) -> list[int | None]:
+    """The LM replicates: the given seeds, else the base's one pre-training seed; [None] for an explicit LM."""
+    if base.lm:
+        if lm_seeds is not None:
+            raise BibInputError("lm_seeds", f"cannot be combined with the explicit lm {base.lm!r} (one LM, no "
+                                "pre-training seeds)", "remove lm_seeds, or set lm: null to use the default LM")
+        return [None]
+    return list(lm_seeds) if lm_seeds is not None else [base.lm_pretrain.seed]
+
+
 class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -111,7 +134,9 @@ class SearchSpace(BaseModel):
     name: str = Field(min_length=1, description="MLflow experiment and Tune run name")
     base: RunSpec = Field(default_factory=RunSpec)
     params: dict[str, Distribution] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="design seeds per trial")
+    lm_seeds: list[int] | None = Field(None, description="pre-training seeds of the default LM per trial (the "
+                                                         "metric is the mean over LM seeds x seeds)")
     trials: int = Field(16, ge=1, le=100_000)
     concurrency: int = Field(2, ge=1, le=10_000)
     metric: str = "oracle_max"
@@ -126,6 +151,11 @@ class SearchSpace(BaseModel):
     @classmethod
     def _base(cls, value: Any) -> Any:
         return parse_run_spec(value, "base") if not isinstance(value, RunSpec) else value
+
+    @field_validator("lm_seeds")
+    @classmethod
+    def _lm_seeds(cls, value: list[int] | None) -> list[int] | None:
+        return check_lm_seeds(value)
 
     @field_validator("metric")
     @classmethod

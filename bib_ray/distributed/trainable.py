@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-RESERVED = ("base", "seeds", "cell", "report_every")
+RESERVED = ("base", "seeds", "lm_seeds", "cell", "report_every")
 CRASH_STEP_ENV = "BIB_RAY_TEST_CRASH_AT_STEP"
 CRASH_DIR_ENV = "BIB_RAY_TEST_CRASH_DIR"
 
@@ -88,7 +88,8 @@ def _maybe_crash(step: int, trial_id: str) -> None:
 
 
 def bib_trainable(config: dict[str, Any]) -> None:
-    """Tune function trainable: report every step, then a final record with seed-means and designs."""
+    """Tune function trainable: report every step, then a final record with means over LM seeds x design
+    seeds, the last run's designs, and the provenance of the LMs that ran."""
     from ray import tune
 
     from bib_ray import workbench
@@ -99,53 +100,64 @@ def bib_trainable(config: dict[str, Any]) -> None:
     _match_threads_to_cpus()
     spec = _device_for_trial(trial_spec(config))
     seeds = list(config.get("seeds") or [spec.engine.seed])
+    lm_seeds = [None] if spec.lm else list(config.get("lm_seeds") or [spec.lm_pretrain.seed])
     context = tune.get_context()
     trial_id = context.get_trial_id() or "local"
     node = _node_name()
     started = time.perf_counter()
     started_at = time.time()
-    bench = workbench.get_workbench(spec)
-    setup_seconds = time.perf_counter() - started
+    setup_seconds = 0.0
     finals: list[dict[str, float]] = []
+    fingerprints: list[str] = []
     compute_seconds = 0.0
     iteration = 0
     history: list[dict[str, float]] = []
     run_seconds = 0.0
     report_every = max(1, int(config.get("report_every", 5)))
     last = None
-    for seed in seeds:
-        seeded = spec.with_updates({"engine.seed": seed})
+    for lm_seed in lm_seeds:
+        lm_spec = spec if lm_seed is None else spec.with_updates({"lm_pretrain.seed": lm_seed})
+        tick = time.perf_counter()
+        bench = workbench.get_workbench(lm_spec)
+        setup_seconds += time.perf_counter() - tick
+        for seed in seeds:
+            seeded = lm_spec.with_updates({"engine.seed": seed})
+            steps = seeded.engine.steps_for(bench.task.default_steps)
 
-        steps = seeded.engine.steps_for(bench.task.default_steps)
+            def on_step(metrics: dict[str, float], seed: int = seed, steps: int = steps) -> None:
+                nonlocal iteration
+                iteration += 1
+                _maybe_crash(iteration, trial_id)
+                history.append({**metrics, "step": iteration})
+                if iteration % report_every == 0 or metrics["step"] == steps:
+                    # Every report waits for the driver, so steps travel in small batches; "step" (the
+                    # global step) is the schedulers' clock and "history" keeps every step for MLflow.
+                    tune.report({**metrics, "step": iteration, "history": list(history), "seed": seed,
+                                 "lm_loads_in_worker": workbench.LM_LOADS, "worker_pid": os.getpid(),
+                                 "node": node})
+                    history.clear()
 
-        def on_step(metrics: dict[str, float], seed: int = seed, steps: int = steps) -> None:
-            nonlocal iteration
-            iteration += 1
-            _maybe_crash(iteration, trial_id)
-            history.append({**metrics, "step": iteration})
-            if iteration % report_every == 0 or metrics["step"] == steps:
-                # Every report waits for the driver, so steps travel in small batches; "step" (the
-                # global step) is the schedulers' clock and "history" keeps every step for MLflow.
-                tune.report({**metrics, "step": iteration, "history": list(history), "seed": seed,
-                             "lm_loads_in_worker": workbench.LM_LOADS, "worker_pid": os.getpid(), "node": node})
-                history.clear()
-
-        try:
-            last = run_bib(seeded, on_step=on_step, bench=bench)
-        except NonFiniteLossError as err:
-            tune.report({"final": True, "failed_reason": str(err), "lm_loads_in_worker": workbench.LM_LOADS,
-                         "worker_pid": os.getpid(), "node": node, "seed": seed})
-            return
-        compute_seconds += last.seconds["engine"]
-        run_seconds += last.seconds["setup"] + last.seconds["design"]
-        finals.append({k: v for k, v in last.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    summary = {key: float(np.mean([f[key] for f in finals])) for key in finals[0] if key != "seed"
+            try:
+                last = run_bib(seeded, on_step=on_step, bench=bench)
+            except NonFiniteLossError as err:
+                tune.report({"final": True, "failed_reason": str(err), "lm_loads_in_worker": workbench.LM_LOADS,
+                             "worker_pid": os.getpid(), "node": node, "seed": seed})
+                return
+            compute_seconds += last.seconds["engine"]
+            run_seconds += last.seconds["setup"] + last.seconds["design"]
+            finals.append({k: v for k, v in last.metrics.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        fingerprints.append(bench.proxy.fingerprint())
+    summary = {key: float(np.mean([f[key] for f in finals])) for key in finals[0] if key not in ("seed", "lm_seed")
                if all(key in f for f in finals)}
     summary.update({f"{key}_std": float(np.std([f[key] for f in finals])) for key in
                     ("normalized_max", "normalized_median", "offline_proxy_mean") if key in summary})
     rows = designs_rows(last) if last is not None else []
-    tune.report({**summary, "final": True, "step": iteration + 1, "seeds": len(seeds), "lm_loads_in_worker": workbench.LM_LOADS,
-                 "worker_pid": os.getpid(), "node": node, "design_seconds": compute_seconds,
-                 "run_seconds": run_seconds, "trial_seconds": time.perf_counter() - started,
-                 "setup_seconds": setup_seconds, "designs_table": rows,
+    provenance = {"lm_fingerprint": ",".join(fingerprints), "torch_version": last.metrics["torch_version"],
+                  "transformers_version": last.metrics["transformers_version"]}
+    tune.report({**summary, "final": True, "step": iteration + 1, "seeds": len(seeds) * len(lm_seeds),
+                 "lm_loads_in_worker": workbench.LM_LOADS, "worker_pid": os.getpid(), "node": node,
+                 "design_seconds": compute_seconds, "run_seconds": run_seconds,
+                 "trial_seconds": time.perf_counter() - started, "setup_seconds": setup_seconds,
+                 "designs_table": rows, "provenance": provenance,
                  "trial_started_at": started_at, "trial_ended_at": time.time()})

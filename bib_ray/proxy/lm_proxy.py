@@ -95,21 +95,25 @@ class LMProxy:
         return cls(model, tokenizer, alphabet, source, device)
 
     def fingerprint(self) -> str:
-        """Stable hash of where the weights come from (a local folder's files, or a hub id and its
-        commit): the key of the embedding and auxiliary caches. Not a hash of the loaded tensors:
-        heads the checkpoint lacks (a pooler) are freshly initialised on every load."""
+        """Hash of the loaded encoder's tensors (names, shapes, dtypes, values), the alphabet and the token
+        map: the LM's provenance in every run record, and the key of the embedding and auxiliary caches.
+
+        Why the tensors and not the path: the same folder can hold other weights tomorrow (a re-trained or
+        copied LM), and the same weights can sit in two folders; only the values say which LM ran. A pooler
+        that the checkpoint lacks would be freshly initialised on every load, so pooler tensors are left out.
+        """
         if getattr(self, "_fingerprint", None):
             return self._fingerprint
-        digest = hashlib.sha256(self.name.encode())
-        folder = Path(self.name)
-        if folder.is_dir():
-            for file in sorted(folder.iterdir()):
-                if file.is_file():
-                    stat = file.stat()
-                    digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        else:
-            digest.update(str(getattr(self.model.config, "_commit_hash", "")).encode())
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            if name.startswith("pooler."):
+                continue
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
         digest.update(self.alphabet.encode())
+        digest.update(repr((self.tokens.k, self.tokens.token_ids, self.tokens.prefix_ids,
+                            self.tokens.suffix_ids)).encode())
         self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 

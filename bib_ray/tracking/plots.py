@@ -19,11 +19,11 @@ PANEL_W, PANEL_H, DPI = 5.0, 4.2, 110
 MAX_COLUMNS = 3
 
 
-def _figure(panels: int, height: float = PANEL_H):
+def _figure(panels: int, height: float = PANEL_H, columns: int = MAX_COLUMNS):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    ncols = max(1, min(panels, MAX_COLUMNS))
+    ncols = max(1, min(panels, columns))
     nrows = max(1, math.ceil(panels / ncols))
     fig = Figure(figsize=(PANEL_W * ncols, height * nrows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -53,40 +53,91 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_scores(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """One panel per task: per variant, bars of the mean final max and median over seeds, each seed a dot.
+LM_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
-    Why dots and not error bars: with 2-5 seeds the individual values say more about spread (and an
-    outlier seed) than a std does. Tasks without an oracle plot proxy scores, and their axis says so.
+
+def plot_scores(rows: list[dict[str, Any]], summary: list[dict[str, Any]], path: str | Path) -> Path:
+    """One row of panels per task (max, median): every replicate as a point, one marker per LM seed,
+    and each variant's mean with its 95% interval (from ``summary``).
+
+    Why points and intervals, not bars: with a handful of replicates the values themselves show the spread
+    and which LM a outlying replicate came from; the interval is the one the table prints. The legend
+    sits outside the axes, so it never covers data. Tasks without an oracle plot proxy scores, and their
+    axis says so.
     """
     from bib_ray.tracking.report import score_metric, score_source
 
     tasks = _by_task(rows)
-    fig, axes = _figure(len(tasks))
-    width = 0.36
-    for ax, (task, task_rows) in zip(axes, tasks.items()):
+    columns = ("max", "median")
+    fig, axes = _figure(max(1, len(tasks) * len(columns)), columns=len(columns))
+    lm_seeds = sorted({r["lm_seed"] for r in rows}, key=lambda s: (s is None, str(s)))
+    markers = {seed: LM_MARKERS[i % len(LM_MARKERS)] for i, seed in enumerate(lm_seeds)}
+    by_key = {(e["task"], e["variant"]): e for e in summary}
+    for t, (task, task_rows) in enumerate(tasks.items()):
         source = score_source(task_rows)
         labels = _labels(task_rows)
         x = np.arange(len(labels))
-        for offset, column, color in ((-width / 2, "max", "tab:blue"), (width / 2, "median", "tab:orange")):
+        for c, column in enumerate(columns):
+            ax = axes[t * len(columns) + c]
             metric = score_metric(source, column)
-            means = []
             for i, label in enumerate(labels):
-                values = [r["metrics"][metric] for r in task_rows if r["variant"] == label and metric in r["metrics"]]
-                means.append(float(np.mean(values)) if values else np.nan)
-                if values:
-                    jitter = np.linspace(-width / 4, width / 4, len(values)) if len(values) > 1 else np.zeros(1)
-                    ax.scatter(x[i] + offset + jitter, values, s=18, color="black", zorder=3,
-                               label="one seed" if i == 0 and column == "max" else None)
-            ax.bar(x + offset, means, width, color=color, alpha=0.55, label=f"{column} (mean over seeds)")
-        ax.set_xticks(x, labels, rotation=30, ha="right")
-        ax.set_title(task)
-        ax.set_ylabel("normalized score" if source == "normalized" else "proxy score (no oracle)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize="small")
+                mine = [r for r in task_rows if r["variant"] == label and metric in r["metrics"]]
+                for j, seed in enumerate(lm_seeds):
+                    values = [r["metrics"][metric] for r in mine if r["lm_seed"] == seed]
+                    if not values:
+                        continue
+                    offset = (j - (len(lm_seeds) - 1) / 2) * 0.12
+                    ax.scatter(np.full(len(values), x[i] + offset), values, s=16, marker=markers[seed],
+                               facecolors="none", edgecolors="0.35", linewidths=0.8, zorder=2,
+                               label=("LM " + ("given" if seed is None else f"seed {seed}")) if i == 0 else None)
+                entry = by_key.get((task, label))
+                if entry is not None and not math.isnan(entry[f"{column}_mean"]):
+                    low, high = entry[f"{column}_ci_low"], entry[f"{column}_ci_high"]
+                    mean = entry[f"{column}_mean"]
+                    if not math.isnan(low):
+                        ax.errorbar(x[i], mean, yerr=[[mean - low], [high - mean]], fmt="none", ecolor="tab:red",
+                                    elinewidth=2, capsize=4, zorder=3, label="95% interval" if i == 0 else None)
+                    ax.scatter([x[i]], [mean], color="tab:red", marker="_", s=200, zorder=4,
+                               label="mean" if i == 0 else None)
+            ax.set_xticks(x, labels, rotation=30, ha="right")
+            ax.set_title(f"{task}: {column}")
+            ax.set_ylabel("normalized score" if source == "normalized" else "proxy score (no oracle)")
+            ax.grid(axis="y", alpha=0.3)
     if not tasks:
         axes[0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
-    fig.suptitle("Final design scores per variant")
+    else:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=min(6, len(names)), fontsize="small")
+    fig.suptitle("Final design scores per variant: each replicate, mean and 95% interval")
+    return _save(fig, path)
+
+
+def plot_paired(paired_rows: list[dict[str, Any]], path: str | Path, column: str = "median") -> Path:
+    """Paired differences to the reference per task: each variant's mean difference with its 95% interval,
+    a line at 0; one panel per task, so a ranking can be compared across tasks at a glance."""
+    tasks = _by_task(paired_rows)
+    fig, axes = _figure(len(tasks))
+    for ax, (task, task_rows) in zip(axes, tasks.items()):
+        labels = [r["variant"] for r in task_rows]
+        y = np.arange(len(labels))
+        diffs = np.array([r[f"{column}_diff"] for r in task_rows])
+        low = np.array([r[f"{column}_ci_low"] for r in task_rows])
+        high = np.array([r[f"{column}_ci_high"] for r in task_rows])
+        colors = ["tab:green" if r[f"{column}_excludes_zero"] and r[f"{column}_diff"] > 0 else
+                  "tab:red" if r[f"{column}_excludes_zero"] else "0.4" for r in task_rows]
+        for i in range(len(labels)):
+            if not (math.isnan(low[i]) or math.isnan(high[i])):
+                ax.errorbar(diffs[i], y[i], xerr=[[diffs[i] - low[i]], [high[i] - diffs[i]]], fmt="none",
+                            ecolor=colors[i], elinewidth=2, capsize=3)
+        ax.scatter(diffs, y, c=colors, zorder=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, labels)
+        ax.set_title(task)
+        ax.set_xlabel(f"Δ {column} vs {task_rows[0]['reference']} (95% interval)")
+        ax.grid(axis="x", alpha=0.3)
+    if not tasks:
+        axes[0].text(0.5, 0.5, "no paired differences", ha="center", va="center")
+    fig.suptitle(f"Paired differences of the {column} (green/red: interval excludes 0)")
     return _save(fig, path)
 
 

@@ -7,9 +7,12 @@ tracking store: the parent run (tags ``bib_ray.kind=ablation``, ``bib_ray.name``
 and the per-step metric histories. Only FINISHED children count; FAILED, KILLED and RUNNING cells are
 reported as skipped, never averaged in.
 
-Spread over seeds is the population standard deviation (numpy's default ``ddof=0``): it describes the
-seeds that were run, it is 0 (not NaN) for a single seed, and it is what ``np.std`` gives a reader who
-recomputes the table from the CSV.
+A cell's replicates are its (LM seed, design seed) pairs. Spread is the population standard deviation
+over replicates (numpy's default ``ddof=0``): it describes the replicates that were run, it is 0 (not
+NaN) for one, and it is what ``np.std`` gives a reader who recomputes the table from the CSV. The 95%
+interval is a t interval over LM-seed means (:mod:`bib_ray.tracking.stats` says why); paired
+differences against the plan's reference variant, and, with several tasks, ranks across tasks, come
+in tables of their own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from bib_ray.errors import BibInputError
+from bib_ray.tracking.stats import mean_ranks, paired_difference, replicate_interval
 from bib_ray.tracking.store import resolve_tracking_uri, retrying
 
 KIND_TAG = "bib_ray.kind"
@@ -44,6 +48,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "offline_proxy_mean": ("offline_proxy_mean", "offline_proxy_mean"),
 }
 MARKDOWN_COLUMNS = (("max", "max"), ("median", "median"), ("mean", "mean"), ("edit_distance", "edit distance"))
+INTERVAL_COLUMNS = ("max", "median", "mean")  # columns whose Markdown cell shows the 95% interval
+PAIRED_COLUMNS = ("max", "median", "mean")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -147,12 +153,21 @@ def _seed(value: str | None) -> int | str:
         return str(value)
 
 
+def _lm_seed(value: str | None) -> int | str | None:
+    """The ``lm_seed`` tag: an int, None for an explicit LM (tag ``none``) or a run from before the tag."""
+    if value is None or value == "none":
+        return None
+    return _seed(value)
+
+
 def _row(run) -> dict[str, Any]:
     tags = run.data.tags
     return {"run_id": run.info.run_id, "task": tags.get("task", "?"),
             "variant": variant_label(tags.get("variant", "?"), tags.get("adaptive_eta", "false")),
-            "seed": _seed(tags.get("seed")), "cell": tags.get("cell", run.info.run_name or ""),
-            "status": run.info.status, "metrics": dict(run.data.metrics)}
+            "seed": _seed(tags.get("seed")), "lm_seed": _lm_seed(tags.get("lm_seed")),
+            "lm": run.data.params.get("lm") or "default", "lm_fingerprint": tags.get("lm_fingerprint", ""),
+            "cell": tags.get("cell", run.info.run_name or ""), "status": run.info.status,
+            "metrics": dict(run.data.metrics)}
 
 
 def child_runs(client_or_store: Any, parent_id: str) -> list:
@@ -179,13 +194,17 @@ def collect_cells(client_or_store: Any, parent_id: str, children: Iterable | Non
         tags = run.data.tags
         key = (("key", tags["cell_key"]) if tags.get("cell_key") else
                ("cell", tags.get("task"), variant_label(tags.get("variant", "?"), tags.get("adaptive_eta")),
-                tags.get("seed")))
+                tags.get("lm_seed"), tags.get("seed")))
         order = (run.info.start_time or 0, run.info.end_time or 0, run.info.run_id)
         if key not in newest or order > newest[key][0]:
             newest[key] = (order, run)
     rows = [_row(run) for _, run in newest.values()]
-    return sorted(rows, key=lambda r: (r["task"], variant_sort_key(r["variant"]), seed_sort_key(r["seed"]),
-                                       r["run_id"]))
+    return sorted(rows, key=lambda r: (r["task"], variant_sort_key(r["variant"]), _lm_sort_key(r["lm_seed"]),
+                                       seed_sort_key(r["seed"]), r["run_id"]))
+
+
+def _lm_sort_key(lm_seed: int | str | None) -> tuple:
+    return (-1, 0, "") if lm_seed is None else seed_sort_key(lm_seed)
 
 
 def seed_sort_key(seed: int | str) -> tuple:
@@ -214,84 +233,250 @@ def score_metric(source: str, column: str = "max") -> str:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (task, variant label): seeds and mean/std over seeds of each column, in a stable order.
+    """Per (task, variant label): replicates, mean/std over them and a 95% interval, in a stable order.
 
-    Keys: ``task, variant, seeds, score`` (``normalized`` or ``proxy``: what max/median/mean measure for
-    that task), ``seed_list``, and ``<column>_mean``, ``<column>_std``, ``<column>_metric`` for max,
-    median, mean, edit_distance, offline_proxy_mean. Std is numpy's population std (``ddof=0``). A metric
-    missing from some runs is averaged over the runs that have it; missing from all gives NaN.
+    Keys: ``task, variant, seeds`` (replicates: LM seed x design seed pairs), ``lm_seeds`` (distinct LMs),
+    ``score`` (``normalized`` or ``proxy``: what max/median/mean measure for that task), ``seed_list``,
+    ``lm_seed_list``, ``interval_unit`` (``lm_seed``: t over LM-seed means; ``seed``: one LM, t over
+    replicates), and ``<column>_mean``, ``<column>_std``, ``<column>_ci_low``, ``<column>_ci_high``,
+    ``<column>_metric`` for max, median, mean, edit_distance, offline_proxy_mean. Std is numpy's
+    population std (``ddof=0``). A metric missing from some runs is summarised over the runs that have
+    it; missing from all gives NaN.
     """
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_task.setdefault(row["task"], []).append(row)
     summary: list[dict[str, Any]] = []
-    for task in sorted(by_task):
-        source = score_source(by_task[task])
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for row in by_task[task]:
-            groups.setdefault(row["variant"], []).append(row)
+    for task, task_rows in _group(rows, "task").items():
+        source = score_source(task_rows)
+        groups = _group(task_rows, "variant")
         for label in sorted(groups, key=variant_sort_key):
             group = groups[label]
-            entry: dict[str, Any] = {"task": task, "variant": label, "seeds": len(group), "score": source,
-                                     "seed_list": sorted((r["seed"] for r in group), key=seed_sort_key)}
+            lm_seeds = sorted({r["lm_seed"] for r in group}, key=_lm_sort_key)
+            entry: dict[str, Any] = {"task": task, "variant": label, "seeds": len(group), "lm_seeds": len(lm_seeds),
+                                     "score": source, "lm_seed_list": lm_seeds,
+                                     "seed_list": sorted({r["seed"] for r in group}, key=seed_sort_key),
+                                     "lm": sorted({r["lm"] for r in group})}
             for column in COLUMNS:
                 metric = score_metric(source, column)
-                values = np.array([r["metrics"][metric] for r in group if metric in r["metrics"]], dtype=float)
+                have = [r for r in group if metric in r["metrics"]]
+                values = np.array([r["metrics"][metric] for r in have], dtype=float)
+                interval = replicate_interval(values, [r["lm_seed"] for r in have])
                 entry[f"{column}_mean"] = float(np.mean(values)) if values.size else math.nan
                 entry[f"{column}_std"] = float(np.std(values)) if values.size else math.nan
+                entry[f"{column}_ci_low"], entry[f"{column}_ci_high"] = interval.low, interval.high
                 entry[f"{column}_metric"] = metric
+                if column == "max":
+                    entry["interval_unit"] = interval.unit
             summary.append(entry)
     return summary
 
 
+def _group(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[key], []).append(row)
+    return {k: groups[k] for k in sorted(groups, key=str)}
+
+
+def default_reference(labels: Iterable[str]) -> str:
+    """``fixed`` when the ablation ran it, else its first variant label."""
+    labels = sorted(set(labels), key=variant_sort_key)
+    return "fixed" if "fixed" in labels else labels[0]
+
+
+def paired(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Per task and variant label other than ``reference``: the paired difference variant - reference.
+
+    Pairs share task, LM seed and design seed. Keys: ``task, variant, reference, pairs, interval_unit``,
+    and for max, median, mean: ``<column>_diff``, ``<column>_ci_low``, ``<column>_ci_high``,
+    ``<column>_p`` (exact sign-flip test) and ``<column>_excludes_zero``. A task without the reference
+    variant has no rows here.
+    """
+    out: list[dict[str, Any]] = []
+    for task, task_rows in _group(rows, "task").items():
+        source = score_source(task_rows)
+        groups = _group(task_rows, "variant")
+        if reference not in groups:
+            continue
+        for label in sorted(groups, key=variant_sort_key):
+            if label == reference:
+                continue
+            entry: dict[str, Any] = {"task": task, "variant": label, "reference": reference, "score": source}
+            for column in PAIRED_COLUMNS:
+                metric = score_metric(source, column)
+
+                def by_replicate(group: list[dict[str, Any]], metric: str = metric) -> dict[tuple, float]:
+                    return {(r["lm_seed"], r["seed"]): r["metrics"][metric] for r in group if metric in r["metrics"]}
+
+                diff = paired_difference(by_replicate(groups[label]), by_replicate(groups[reference]))
+                entry["pairs"], entry["interval_unit"] = diff.pairs, diff.interval.unit
+                entry[f"{column}_diff"] = diff.mean
+                entry[f"{column}_ci_low"], entry[f"{column}_ci_high"] = diff.interval.low, diff.interval.high
+                entry[f"{column}_p"] = diff.p_value
+                entry[f"{column}_excludes_zero"] = diff.interval.excludes_zero
+            out.append(entry)
+    return out
+
+
+def across_tasks(summary: list[dict[str, Any]], paired_rows: list[dict[str, Any]],
+                 reference: str) -> list[dict[str, Any]]:
+    """Per variant label, over tasks: mean rank of its median (1 = best), and on how many tasks its
+    paired median difference to the reference has an interval above 0 (beats) or below 0 (trails)."""
+    scores: dict[str, dict[str, float]] = {}
+    for entry in summary:
+        scores.setdefault(entry["task"], {})[entry["variant"]] = entry["median_mean"]
+    ranks = mean_ranks(scores)
+    out = []
+    for label in sorted(ranks, key=variant_sort_key):
+        mine = [p for p in paired_rows if p["variant"] == label]
+        out.append({"variant": label, "tasks": sum(label in by_variant for by_variant in scores.values()),
+                    "mean_rank": ranks[label], "reference": reference,
+                    "median_diff_mean": float(np.mean([p["median_diff"] for p in mine])) if mine else math.nan,
+                    "beats_reference": sum(p["median_excludes_zero"] and p["median_diff"] > 0 for p in mine),
+                    "trails_reference": sum(p["median_excludes_zero"] and p["median_diff"] < 0 for p in mine),
+                    "paired_tasks": len(mine)})
+    return out
+
+
 # --- table text -----------------------------------------------------------------------------------
-def _cell(mean: float, std: float) -> str:
+def _fmt(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
+def _cell(mean: float, std: float, low: float = math.nan, high: float = math.nan, interval: bool = False) -> str:
     if math.isnan(mean):
         return "–"
-    return f"{mean:.3f} ± {std:.3f}"
+    text = f"{mean:.3f} ± {std:.3f}"
+    return text + (f" [{_fmt(low)}, {_fmt(high)}]" if interval and not math.isnan(low) else "")
+
+
+def _replicates(entry: dict[str, Any]) -> str:
+    n_lm, n_seed = entry["lm_seeds"], len(entry["seed_list"])
+    return f"{n_lm}x{n_seed}" if n_lm * n_seed == entry["seeds"] and n_lm > 1 else str(entry["seeds"])
+
+
+def _interval_note(summary: list[dict[str, Any]]) -> str:
+    units = {e["interval_unit"] for e in summary}
+    explicit = sorted({lm for e in summary for lm in e["lm"] if lm != "default"})
+    if units == {"lm_seed"}:
+        text = ("[a, b]: 95% t interval over LM-seed means (design seeds averaged within each LM); "
+                "n: LM seeds x design seeds")
+    elif units == {"seed"}:
+        text = "[a, b]: 95% t interval over design seeds on one LM (it says nothing of another LM)"
+    else:
+        text = ("[a, b]: 95% t interval over LM-seed means where a row has several LMs, else over design seeds "
+                "on one LM")
+    if explicit:
+        text += f"; one LM given by the plan: {', '.join(explicit)}"
+    return text
 
 
 def to_markdown(summary: list[dict[str, Any]]) -> str:
-    """A Markdown table, one row per (task, variant), "mean ± std" over seeds to 3 decimals.
+    """A Markdown table, one row per (task, variant): replicates, "mean ± std [95% interval]" to 3 decimals.
 
     Tasks without an oracle show proxy scores; a note under the table names them, so a proxy number is
-    never read as an oracle one.
+    never read as an oracle one. The note also says what the interval is over.
     """
-    head = ["task", "variant", "seeds"] + [title for _, title in MARKDOWN_COLUMNS]
+    head = ["task", "variant", "n"] + [title for _, title in MARKDOWN_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(MARKDOWN_COLUMNS)) + "|"]
     for entry in summary:
-        cells = [str(entry["task"]), str(entry["variant"]), str(entry["seeds"])]
-        cells += [_cell(entry[f"{key}_mean"], entry[f"{key}_std"]) for key, _ in MARKDOWN_COLUMNS]
+        cells = [str(entry["task"]), str(entry["variant"]), _replicates(entry)]
+        cells += [_cell(entry[f"{key}_mean"], entry[f"{key}_std"], entry[f"{key}_ci_low"], entry[f"{key}_ci_high"],
+                        key in INTERVAL_COLUMNS) for key, _ in MARKDOWN_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     proxy_tasks = sorted({e["task"] for e in summary if e["score"] == "proxy"})
-    note = "max/median/mean: normalized oracle scores of the final designs; ± is the population std over seeds"
+    note = "max/median/mean: normalized oracle scores of the final designs; ± is the population std over replicates"
+    if summary:
+        note += "; " + _interval_note(summary)
     if proxy_tasks:
         note += f"; {', '.join(proxy_tasks)}: no oracle, proxy scores instead"
     return "\n".join(lines) + "\n\n" + note + ".\n"
 
 
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    """Paired differences as Markdown: mean difference [95% interval] and the sign-flip p per column;
+    ``*`` marks a difference whose interval excludes 0."""
+    if not rows:
+        return "No paired differences (the reference variant has no finished replicate).\n"
+    reference = rows[0]["reference"]
+    head = ["task", f"variant - {reference}", "pairs"] + [f"Δ {c} [95% CI]" for c in PAIRED_COLUMNS] + \
+        [f"p ({c})" for c in PAIRED_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (2 * len(PAIRED_COLUMNS))) + "|"]
+    for row in rows:
+        cells = [row["task"], row["variant"], str(row["pairs"])]
+        for column in PAIRED_COLUMNS:
+            mark = "*" if row[f"{column}_excludes_zero"] else ""
+            cells.append(f"{row[f'{column}_diff']:+.3f} [{_fmt(row[f'{column}_ci_low'])}, "
+                         f"{_fmt(row[f'{column}_ci_high'])}]{mark}")
+        cells += [_fmt(row[f"{column}_p"]) for column in PAIRED_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    units = {r["interval_unit"] for r in rows}
+    over = "LM-seed means of the differences" if units == {"lm_seed"} else \
+        "differences on one LM (design seeds)" if units == {"seed"} else "LM-seed means (one-LM rows: design seeds)"
+    note = (f"Pairs share task, LM seed and design seed. Interval: 95% t interval over {over}; * marks an interval "
+            "that excludes 0. p: exact two-sided sign-flip permutation test over the pairs (do the variants "
+            "differ on these LMs); the interval is the criterion for a new LM.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def across_tasks_markdown(rows: list[dict[str, Any]]) -> str:
+    """The cross-task aggregate as Markdown."""
+    if not rows:
+        return ""
+    reference = rows[0]["reference"]
+    lines = [f"| variant | tasks | mean rank (median) | mean Δ median vs {reference} | beats {reference} | "
+             f"trails {reference} |", "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        n = row["paired_tasks"]
+        diff = "–" if math.isnan(row["median_diff_mean"]) else format(row["median_diff_mean"], "+.3f")
+        beats, trails = (f"{row['beats_reference']} of {n}", f"{row['trails_reference']} of {n}") if n else \
+            ("(reference)", "(reference)")
+        lines.append(f"| {row['variant']} | {row['tasks']} | {row['mean_rank']:.2f} | {diff} | {beats} | {trails} |")
+    note = ("Rank 1 = the best mean median on a task (ties share a rank). Beats/trails: tasks on which the paired "
+            "median difference's 95% interval lies above/below 0.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def csv_columns() -> list[str]:
-    """The CSV header: identifiers, then ``<column>_mean, <column>_std`` pairs."""
-    cols = ["task", "variant", "seeds", "score"]
+    """The CSV header: identifiers, then ``mean, std, ci_low, ci_high`` per column."""
+    cols = ["task", "variant", "seeds", "lm_seeds", "score", "interval_unit"]
     for column in COLUMNS:
-        cols += [f"{column}_mean", f"{column}_std"]
+        cols += [f"{column}_mean", f"{column}_std", f"{column}_ci_low", f"{column}_ci_high"]
     return cols
 
 
-def to_csv(summary: list[dict[str, Any]]) -> str:
-    """The summary as CSV at full precision (floats as shortest round-trip text; missing = empty)."""
+def paired_csv_columns() -> list[str]:
+    """The paired CSV header."""
+    cols = ["task", "variant", "reference", "pairs", "score", "interval_unit"]
+    for column in PAIRED_COLUMNS:
+        cols += [f"{column}_diff", f"{column}_ci_low", f"{column}_ci_high", f"{column}_p", f"{column}_excludes_zero"]
+    return cols
+
+
+def across_tasks_csv_columns() -> list[str]:
+    """The cross-task CSV header."""
+    return ["variant", "tasks", "mean_rank", "reference", "median_diff_mean", "beats_reference",
+            "trails_reference", "paired_tasks"]
+
+
+def _csv(entries: list[dict[str, Any]], columns: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(csv_columns())
-    for entry in summary:
+    writer.writerow(columns)
+    for entry in entries:
         row = []
-        for col in csv_columns():
+        for col in columns:
             value = entry[col]
-            if isinstance(value, float):
+            if isinstance(value, bool):
+                value = str(value).lower()
+            elif isinstance(value, float):
                 value = "" if math.isnan(value) else repr(value)
             row.append(value)
         writer.writerow(row)
     return buffer.getvalue()
+
+
+def to_csv(summary: list[dict[str, Any]]) -> str:
+    """The summary as CSV at full precision (floats as shortest round-trip text; missing = empty)."""
+    return _csv(summary, csv_columns())
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -307,12 +492,32 @@ class Report:
     table_csv: Path
     scores_png: Path
     trajectory_png: Path
+    paired: list[dict[str, Any]] = field(default_factory=list)
+    paired_md: Path | None = None
+    paired_csv: Path | None = None
+    paired_png: Path | None = None
+    across_tasks: list[dict[str, Any]] = field(default_factory=list)
+    across_md: Path | None = None
+    across_csv: Path | None = None
     skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def paths(self) -> list[Path]:
-        """The four files, in the order they are logged."""
-        return [self.table_md, self.table_csv, self.scores_png, self.trajectory_png]
+        """The files written, in the order they are logged."""
+        files = [self.table_md, self.table_csv, self.paired_md, self.paired_csv, self.across_md, self.across_csv,
+                 self.scores_png, self.paired_png, self.trajectory_png]
+        return [f for f in files if f is not None]
+
+    @property
+    def text(self) -> str:
+        """Everything the terminal prints: the table, the paired differences, the cross-task aggregate."""
+        parts = [self.markdown]
+        if self.paired_md is not None:
+            parts.append(f"Paired differences against {self.paired[0]['reference'] if self.paired else 'the reference'}:"
+                         f"\n\n{self.paired_md.read_text()}")
+        if self.across_md is not None:
+            parts.append(f"Across tasks:\n\n{self.across_md.read_text()}")
+        return "\n".join(parts)
 
 
 def _prepare_dir(out_dir: str | Path) -> Path:
@@ -327,14 +532,16 @@ def _prepare_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path) -> Report:
-    """Table (Markdown, CSV) and plots (scores, trajectories) of an ablation, written and logged.
+def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, reference: str | None = None) -> Report:
+    """Tables (Markdown, CSV) and plots of an ablation, written and logged.
 
-    Files go to ``out_dir`` and, as artifacts, to ``report/`` of the parent run, so the MLflow UI shows
-    the same table the terminal printed. Rebuilding overwrites both (the report is a pure function of
-    the store).
+    ``table``: per task and variant, replicates, mean, std and 95% interval. ``paired``: differences to
+    the reference variant (the plan's ``reference``, recorded on the parent run; else ``fixed``).
+    ``across_tasks`` (several tasks only): mean rank and tasks won or lost against the reference. Files go
+    to ``out_dir`` and, as artifacts, to ``report/`` of the parent run, so the MLflow UI shows the same
+    tables the terminal printed. Rebuilding overwrites both (the report is a pure function of the store).
     """
-    from bib_ray.tracking.plots import plot_scores, plot_trajectories
+    from bib_ray.tracking.plots import plot_paired, plot_scores, plot_trajectories
 
     client = _client(store_or_client)
     children = child_runs(client, parent_id)
@@ -348,15 +555,32 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path) -> R
         raise BibInputError("report", f"ablation parent run {parent_id} has no finished cells ({states})",
                             "let `bib-ray ablate` finish a cell, or resume it with --resume")
     out = _prepare_dir(out_dir)
+    if reference is None:
+        parent = retrying(lambda: client.get_run(parent_id))
+        reference = parent.data.tags.get("reference") or default_reference(r["variant"] for r in rows)
+    labels = {r["variant"] for r in rows}
+    if reference not in labels:
+        raise BibInputError("reference", f"{reference!r} has no finished replicate in this ablation "
+                            f"({', '.join(sorted(labels, key=variant_sort_key))})", "name one of those variants")
     summary = summarise(rows)
     markdown = to_markdown(summary)
     csv_text = to_csv(summary)
+    paired_rows = paired(rows, reference)
     report = Report(parent_id=parent_id, summary=summary, markdown=markdown, csv=csv_text,
                     table_md=out / "table.md", table_csv=out / "table.csv", scores_png=out / "scores.png",
-                    trajectory_png=out / "trajectory.png", skipped=skipped)
+                    trajectory_png=out / "trajectory.png", paired=paired_rows, paired_md=out / "paired.md",
+                    paired_csv=out / "paired.csv", paired_png=out / "paired.png", skipped=skipped)
     report.table_md.write_text(markdown)
     report.table_csv.write_text(csv_text)
-    plot_scores(rows, report.scores_png)
+    report.paired_md.write_text(paired_markdown(paired_rows))
+    report.paired_csv.write_text(_csv(paired_rows, paired_csv_columns()))
+    if len(summary) and len({e["task"] for e in summary}) > 1:
+        report.across_tasks = across_tasks(summary, paired_rows, reference)
+        report.across_md, report.across_csv = out / "across_tasks.md", out / "across_tasks.csv"
+        report.across_md.write_text(across_tasks_markdown(report.across_tasks))
+        report.across_csv.write_text(_csv(report.across_tasks, across_tasks_csv_columns()))
+    plot_scores(rows, summary, report.scores_png)
+    plot_paired(paired_rows, report.paired_png)
     plot_trajectories(client, rows, report.trajectory_png)
     for path in report.paths:
         retrying(lambda path=path: client.log_artifact(parent_id, str(path), REPORT_DIR))
@@ -394,9 +618,10 @@ def run_report_command(args: Any) -> int:
             raise BibInputError("tracking-uri", f"cannot reach the MLflow server at {uri}",
                                 "start it or give another --tracking-uri") from None
         raise
-    report = build_report(client, parent.info.run_id, getattr(args, "output", None) or "ablation_report")
+    report = build_report(client, parent.info.run_id, getattr(args, "output", None) or "ablation_report",
+                          getattr(args, "reference", None))
     name = parent.data.tags.get(NAME_TAG, "?")
-    print(report.markdown, end="")
+    print(report.text, end="")
     if report.skipped:
         print("skipped cells: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.skipped.items())))
     folder = report.table_md.parent
