@@ -276,7 +276,7 @@ def test_ehrlich_deterministic() -> None:
 @pytest.mark.parametrize(("options", "field"), [
     (dict(vocab=27), "vocab"),
     (dict(vocab=1), "vocab"),
-    (dict(quantization=3), "quantization"),
+    (dict(motif_length=5, quantization=3), "quantization"),  # ceil(5/3) = 2 does not divide 5
     (dict(quantization=5), "quantization"),
     (dict(length=7), "length"),
     (dict(motifs=0), "motifs"),

@@ -15,11 +15,11 @@ import torch
 
 from bib_ray.core.adaptive import AdaptiveEta, AdaptiveGamma, BatchedAdam
 from bib_ray.core.config import EngineConfig
-from bib_ray.core.relaxation import RELAXATIONS
+from bib_ray.core.relaxation import RELAXATIONS, RelaxedDesigns
 from bib_ray.core.ridge import OfflineFit, backward_loss, forward_loss, forward_prediction
 
-Embed = Callable[[torch.Tensor], torch.Tensor]
-"""Soft one-hot designs (M, L, V) to embeddings phi (M, d), differentiable."""
+Embed = Callable[[RelaxedDesigns], torch.Tensor]
+"""Relaxed designs (M, L, V) to embeddings phi (M, d), differentiable (the LM picks letters or k-mers)."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from bib_ray.core.relaxation import RelaxedDesigns, soft_kmers
 from bib_ray.errors import BibInputError
 from bib_ray.proxy.tokens import TokenMap, build_token_map
 
@@ -128,21 +129,22 @@ class LMProxy:
         other._suffix = self._suffix.to(dtype)
         return other
 
-    def _content_embeddings(self, probs: torch.Tensor) -> torch.Tensor:
-        k = self.tokens.k
-        if k == 1:
-            return probs @ self._content_table
-        m, length, vocab = probs.shape
-        joint = probs[:, : length - k + 1]
-        for offset in range(1, k):
-            nxt = probs[:, offset: length - k + 1 + offset]
-            joint = (joint.unsqueeze(-1) * nxt.unsqueeze(-2)).reshape(m, length - k + 1, -1)
-        return joint @ self._content_table
+    def _content_tokens(self, designs: torch.Tensor | RelaxedDesigns) -> torch.Tensor:
+        """What fills the content positions: soft letters (k = 1) or soft k-mers, on our device and dtype.
 
-    def embed(self, probs: torch.Tensor) -> torch.Tensor:
-        """Soft one-hot designs (M, L, V) to phi (M, d): mean last hidden state over real tokens."""
-        probs = probs.to(self.device, self._content_table.dtype)
-        content = self._content_embeddings(probs)
+        A :class:`RelaxedDesigns` is read as the relaxation means it (straight-through on the k-mer
+        for k-mer vocabularies, as the authors feed DNABERT); a bare tensor is read as soft letters,
+        whose k-mers are plain products (exact for hard one-hots).
+        """
+        k = self.tokens.k
+        if isinstance(designs, RelaxedDesigns):
+            return designs.to(self.device, self._content_table.dtype).kmers(k)
+        probs = designs.to(self.device, self._content_table.dtype)
+        return probs if k == 1 else soft_kmers(probs, k)
+
+    def embed(self, designs: torch.Tensor | RelaxedDesigns) -> torch.Tensor:
+        """Soft one-hot designs (M, L, V), bare or relaxed, to phi (M, d): mean last hidden state over real tokens."""
+        content = self._content_tokens(designs) @ self._content_table
         m = content.shape[0]
         pieces = [self._prefix.expand(m, -1, -1), content, self._suffix.expand(m, -1, -1)]
         inputs = torch.cat(pieces, dim=1)

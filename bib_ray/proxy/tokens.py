@@ -2,7 +2,8 @@
 
 Single-letter vocabularies (ProtBERT, ESM-2, our small BERT) map each letter to one token. k-mer
 vocabularies (DNABERT reads overlapping 3-mers) map each k-mer to one token; the soft k-mer is the
-product of its k soft letters.
+product of its k soft letters, and the straight-through relaxation acts on that product
+(``bib_ray.core.relaxation.RelaxedDesigns.kmers``), as the authors feed DNABERT.
 """
 
 from __future__ import annotations

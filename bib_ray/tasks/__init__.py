@@ -6,7 +6,7 @@ bad name or option is caught in one place with a message listing the valid choic
 * ``tfbind8``: SIX6 DNA 8-mers, exact lookup oracle (no options).
 * ``aav``: additive AAV2 VP1 landscape (``start``, ``end``, ``phenotype``, ``n_samples``, ``seed``).
 * ``ehrlich``: Ehrlich closed-form function (``length``, ``vocab``, ``motifs``, ``motif_length``,
-  ``quantization``, ``n_samples``, ``seed``).
+  ``quantization``, ``epistasis``, ``n_samples``, ``seed``).
 * ``csv`` / ``npy``: a user's file (``path``, ``alphabet``, ``sequence_column``, ``score_column``);
   ``npy`` reads ``.npz`` and ``.npy`` files. No oracle.
 

@@ -1,30 +1,46 @@
 """Ehrlich functions: closed-form sequence-design test functions with a known optimum of exactly 1.0.
 
-Stanton et al. 2024, "Closed-Form Test Functions for Biophysical Sequence Design" (arXiv
-2407.00236). Written here from the paper's definition in NumPy (the reference ``pytorch-holo``
-package needs botorch, wandb, hydra and numpy<2, too heavy for one test function):
+Defined by Stanton et al. 2024, "Closed-Form Test Functions for Biophysical Sequence Design" (arXiv
+2407.00236); instances are drawn from the same distributions as the reference implementation,
+prescient-design/holo-bench (``holo/test_functions/closed_form/_ehrlich.py`` and its DMP and motif
+helpers). Written here independently in NumPy, because holo-bench needs botorch and an older NumPy,
+too heavy for one test function. The random streams differ from holo's, so a seed gives a different
+instance than holo's seed; the distributions are the same:
 
-* Feasibility: a discrete Markov process (DMP) over the ``v`` states with a random sparse transition
-  matrix ``A``. Each state may be followed only by the states of a cyclic band of ``v - 2 * (v // 5)``
-  states (the sparsity the poli implementation takes from the paper; band centres shuffled) plus
-  itself, so self-repeats are always allowed and the chain is ergodic (checked). A sequence is
-  feasible iff every transition ``x[l] -> x[l+1]`` has ``A > 0``; infeasible sequences score 0.
-  (With ``v < 5`` the band covers every state, so every sequence is feasible.)
-* Motifs: ``c`` motifs ``a(i)`` of length ``k``, drawn as one DMP trajectory of length ``c * k`` cut
-  into ``c`` pieces, so every transition inside and between motifs is feasible.
-* Spacings: motif ``i`` places element ``j`` at offset ``s(i)_j`` from its start, ``s_1 = 0 < s_2 <
-  ... < s_k <= L // c - 1`` (``k - 1`` distinct offsets drawn uniformly), so the ``c`` spaced motifs
-  fit side by side in ``L`` positions.
-* Objective: ``f(x) = prod_i h_q(x, a(i), s(i))`` for feasible ``x``, where ``h_q = max_l
-  floor(q * m_l / k) / q`` and ``m_l`` counts the motif elements present at ``x[l + s_j]``. The
-  quantisation ``q`` must divide ``k`` (``q = k`` means no quantisation), so partial credit comes in
-  steps of ``1/q``.
+* Feasibility: a discrete Markov process (DMP) over the ``v`` states. Each state ``s`` may be
+  followed by the ``2 * int(0.4 * v) + 1`` cyclically consecutive states of a band (a banded 0/1
+  matrix whose rows are shuffled, so the band of ``s`` is centred on a random state) and always by
+  itself: 17 band states at ``v = 20``, 18 successors for a state that falls outside its own band.
+  Transition probabilities: a softmax of standard normals at temperature 0.5, restricted to the
+  allowed entries and renormalised. The matrix must be ergodic; holo raises when a draw is not,
+  here the band shuffle is drawn again. A sequence is feasible iff every step ``x[l] -> x[l+1]`` is
+  allowed.
+* Motifs: ``c`` motifs of length ``k``, one DMP trajectory of length ``c * k`` started from the
+  stationary distribution and cut into ``c`` pieces, so every step inside and between motifs is
+  feasible.
+* Spacings: motif ``i`` places element ``j`` at offset ``s(i)_j`` from its start. With the slack
+  ``S = (L - c * k) // c`` of each motif's block of ``L // c`` positions, the ``k - 1`` gaps are
+  ``1 + floor(S * w_j)`` for uniform random weights ``w`` normalised to sum 1, and the offsets are
+  their running sum from 0: they spread over the whole block, and the last offset is below ``L // c``.
+* Objective: ``f(x) = prod_i r(h_q(x, a(i), s(i)))`` for feasible ``x``. ``h_q`` is the best over
+  positions of the quantised share of motif elements present: with ``m`` elements present and step
+  ``t = ceil(k / q)``, ``h_q = floor(m / t) / (k / t)``. When ``q`` divides ``k`` this is
+  ``floor(q * m / k) / q``; any ``q`` with ``t`` dividing ``k`` is accepted (holo takes any ``q``,
+  but when ``t`` does not divide ``k`` a complete motif scores below 1, so the optimum is not 1).
+  ``r(h) = (e * h * (h - 1) + 1) * h`` is holo's epistasis response; ``e = 0`` (the default) gives
+  ``r(h) = h``, the paper's product. ``e`` is limited to ``[0, 4]``, where ``r`` stays in ``[0, h]``,
+  so scores stay in ``[0, 1]``.
+* Infeasible sequences: holo scores them ``-inf``; here they score 0, because BIB fits a kernel ridge
+  regression to the offline labels and normalises scores to ``[0, 1]``, both of which need finite
+  numbers. 0 is also the lowest feasible score, so the ranking of designs is unchanged.
 
 A sequence that holds every spaced motif (filled in between with repeats, which are feasible) scores
 exactly 1.0; :meth:`EhrlichFunction.optimal_solution` constructs one.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -33,53 +49,93 @@ from bib_ray.tasks.base import Task, validate_offline
 
 LETTERS = "ACDEFGHIKLMNPQRSTVWY" + "BJOUXZ"  # the 20 amino acids, then the other capitals
 MAX_VOCAB = len(LETTERS)
+MAX_EPISTASIS = 4.0  # above it the response r(h) turns negative for some h in (0, 1)
+SOFTMAX_TEMPERATURE = 0.5  # of the transition probabilities, as holo draws them
+
+
+def band_half_width(vocab: int) -> int:
+    """States allowed on each side of a band's centre: holo's ``int(0.4 * v)``."""
+    return int(vocab * 0.4)
+
+
+def quantization_step(motif_length: int, quantization: int) -> int:
+    """Motif elements per quantisation level, ``ceil(k / q)``, as holo rounds them."""
+    return math.ceil(motif_length / quantization)
+
+
+def _irreducible(mask: np.ndarray) -> bool:
+    """Whether every state reaches every state along allowed steps."""
+    reach = mask.copy()
+    for _ in range(len(mask)):  # transitive closure by repeated squaring
+        reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+    return bool(reach.all())
 
 
 def _feasibility_mask(vocab: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean (v, v) allowed-transition matrix: shuffled cyclic bands plus the diagonal, ergodic."""
-    band = max(1, vocab - 2 * (vocab // 5))
-    offsets = np.arange(band) - band // 2
+    """Boolean (v, v) allowed-step matrix: a row-shuffled cyclic band plus the diagonal, ergodic."""
+    half = band_half_width(vocab)
+    offsets = np.arange(-half, half + 1)
     for _ in range(100):
-        centres = rng.permutation(vocab)
+        centres = rng.permutation(vocab)  # the band of state s is centred on centres[s]
         mask = np.zeros((vocab, vocab), dtype=bool)
         mask[np.arange(vocab)[:, None], (centres[:, None] + offsets[None, :]) % vocab] = True
-        mask |= np.eye(vocab, dtype=bool)
-        reach = mask.copy()
-        for _ in range(vocab):  # transitive closure: is every state reachable from every state?
-            reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
-        if reach.all():  # irreducible, and aperiodic through the self-loops: ergodic
+        mask |= np.eye(vocab, dtype=bool)  # repeats are always allowed: aperiodic
+        if _irreducible(mask):
             return mask
     raise RuntimeError("could not draw an ergodic feasibility matrix")  # pragma: no cover
+
+
+def stationary_distribution(transition: np.ndarray) -> np.ndarray:
+    """The distribution ``pi`` with ``pi @ P = pi`` of an ergodic transition matrix ``P``, (v,)."""
+    vocab = len(transition)
+    system = np.vstack([(np.eye(vocab) - transition).T, np.ones((1, vocab))])
+    rhs = np.zeros(vocab + 1)
+    rhs[-1] = 1.0
+    pi = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    pi = np.clip(pi, 0.0, None)
+    return pi / pi.sum()
+
+
+def draw_spacing(motif_length: int, slack: int, rng: np.random.Generator) -> np.ndarray:
+    """Offsets (k,) of one motif's elements: gaps ``1 + floor(slack * w)``, ``w`` random and summing to 1."""
+    if motif_length == 1:
+        return np.zeros(1, dtype=np.int64)
+    weights = rng.random(motif_length - 1)
+    total = weights.sum()
+    weights = weights / total if total > 0 else np.full(motif_length - 1, 1.0 / (motif_length - 1))
+    gaps = 1 + np.floor(slack * weights).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64)
 
 
 class EhrlichFunction:
     """One Ehrlich function, fully determined by its sizes and ``seed``; scores integer arrays."""
 
     def __init__(self, length: int, vocab: int, motifs: int, motif_length: int, quantization: int,
-                 seed: int) -> None:
+                 seed: int, epistasis: float = 0.0) -> None:
         """Draw the feasibility DMP, the motifs and their spacings from ``numpy.random.default_rng(seed)``."""
         self.length, self.vocab, self.quantization = length, vocab, quantization
+        self.epistasis = float(epistasis)
+        self.step = quantization_step(motif_length, quantization)
+        self.levels = motif_length // self.step  # equals quantization when it divides motif_length
         rng = np.random.default_rng(seed)
         self.mask = _feasibility_mask(vocab, rng)
-        logits = rng.standard_normal((vocab, vocab)) / 0.5
+        logits = rng.standard_normal((vocab, vocab)) / SOFTMAX_TEMPERATURE
         weights = np.where(self.mask, np.exp(logits - logits.max(axis=1, keepdims=True)), 0.0)
         self.transition = weights / weights.sum(axis=1, keepdims=True)
+        self.stationary = stationary_distribution(self.transition)
         chain = self.sample(1, rng, length=motifs * motif_length)[0]
         self.motifs = chain.reshape(motifs, motif_length)
-        span = length // motifs
-        self.spacings = np.stack([
-            np.concatenate([[0], np.sort(rng.choice(np.arange(1, span), size=motif_length - 1, replace=False))])
-            for _ in range(motifs)
-        ]).astype(np.int64) if motif_length > 1 else np.zeros((motifs, 1), dtype=np.int64)
-        for array in (self.mask, self.transition, self.motifs, self.spacings):
+        slack = (length - motifs * motif_length) // motifs
+        self.spacings = np.stack([draw_spacing(motif_length, slack, rng) for _ in range(motifs)])
+        for array in (self.mask, self.transition, self.stationary, self.motifs, self.spacings):
             array.setflags(write=False)
 
     def sample(self, n: int, rng: np.random.Generator, length: int | None = None) -> np.ndarray:
-        """``n`` feasible sequences from the DMP (uniform first state): the task's offline data."""
+        """``n`` feasible sequences from the DMP, first state from the stationary distribution."""
         length = self.length if length is None else length
         cumulative = np.cumsum(self.transition, axis=1)
         out = np.empty((n, length), dtype=np.int64)
-        out[:, 0] = rng.integers(0, self.vocab, size=n)
+        out[:, 0] = rng.choice(self.vocab, size=n, p=self.stationary)
         for t in range(1, length):
             u = rng.random(n)[:, None]
             nxt = (u < cumulative[out[:, t - 1]]).argmax(axis=1)
@@ -94,19 +150,23 @@ class EhrlichFunction:
         return self.mask[x[:, :-1], x[:, 1:]].all(axis=1)
 
     def motif_presence(self, x: np.ndarray) -> np.ndarray:
-        """Quantised fraction of each spaced motif present at its best position, (m, L) -> (m, c)."""
-        k, q = self.motifs.shape[1], self.quantization
+        """Quantised share of each spaced motif present at its best position, (m, L) -> (m, c)."""
         out = np.empty((len(x), len(self.motifs)), dtype=np.float64)
         for i, (motif, spacing) in enumerate(zip(self.motifs, self.spacings)):
             starts = np.arange(self.length - spacing[-1])
             windows = x[:, starts[:, None] + spacing[None, :]]  # (m, positions, k)
             present = (windows == motif).sum(axis=2).max(axis=1)  # best number of elements present
-            out[:, i] = ((q * present) // k) / q
+            out[:, i] = (present // self.step) / self.levels
         return out
 
+    def response(self, presence: np.ndarray) -> np.ndarray:
+        """holo's epistasis response ``(e h (h - 1) + 1) h``; the identity at ``e = 0``."""
+        e = self.epistasis
+        return (e * presence * (presence - 1.0) + 1.0) * presence
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """f(x): product of quantised motif presences if feasible, else 0; exactly 1.0 at the optimum."""
-        value = self.motif_presence(x).prod(axis=1)
+        """f(x): product of the motif responses if feasible, else 0; exactly 1.0 at the optimum."""
+        value = self.response(self.motif_presence(x)).prod(axis=1)
         return np.where(self.feasible(x), value, 0.0)
 
     def optimal_solution(self) -> np.ndarray:
@@ -125,14 +185,44 @@ class EhrlichFunction:
         return x
 
 
+def _check_quantization(quantization: int, motif_length: int) -> None:
+    """A quantisation holo accepts and whose complete motif still scores exactly 1."""
+    if not 1 <= quantization <= motif_length:
+        raise BibInputError("quantization", f"quantization {quantization} is outside 1..motif_length "
+                            f"({motif_length})", f"use 1 <= quantization <= {motif_length} "
+                            "(quantization = motif_length: none)")
+    step = quantization_step(motif_length, quantization)
+    if motif_length % step:
+        valid = [q for q in range(1, motif_length + 1) if motif_length % quantization_step(motif_length, q) == 0]
+        raise BibInputError("quantization", f"quantization {quantization} rounds motif_length {motif_length} "
+                            f"in steps of ceil({motif_length}/{quantization}) = {step}, so a complete motif "
+                            "scores below 1", f"use one of {', '.join(map(str, valid))}")
+
+
+def _check_epistasis(epistasis: object) -> float:
+    """The epistasis factor as a float in [0, MAX_EPISTASIS] (CLI options arrive as text)."""
+    try:
+        value = float(epistasis)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = None
+    if value is None or isinstance(epistasis, bool):
+        raise BibInputError("epistasis", f"epistasis {epistasis!r} is not a number", "give a number such as 0.5")
+    if not 0.0 <= value <= MAX_EPISTASIS:  # NaN fails here too
+        raise BibInputError("epistasis", f"epistasis {epistasis!r} is outside 0..{MAX_EPISTASIS:g}",
+                            f"use 0 <= epistasis <= {MAX_EPISTASIS:g} (0: no epistasis; scores stay in [0, 1])")
+    return value
+
+
 class EhrlichTask(Task):
     """An Ehrlich function as an offline task: feasible DMP samples, lower half kept, range [0, 1].
 
-    Offline data: ``n_samples`` feasible sequences drawn from the DMP with ``default_rng(seed)``
-    (the same seed also draws the function), scored; the lower half by score (stable order) is kept,
-    so a method must improve on what it saw. If that lower half would carry no signal (all its
-    scores equal, as when most random sequences score 0 under coarse quantisation) every sample is
-    kept instead. ``y_min`` is 0 (infeasible or no motif element) and ``y_max`` 1 (all motifs).
+    Offline data: ``n_samples`` feasible sequences drawn from the DMP (first state from its
+    stationary distribution) with ``default_rng([seed, 1])``, while ``default_rng(seed)`` draws the
+    function; scored; the lower half by score (stable order) is kept, so a method must improve on
+    what it saw. If that lower half would carry no signal (all its scores equal, as when most random
+    sequences score 0 under coarse quantisation) every sample is kept instead. ``y_min`` is 0
+    (infeasible, or a motif with no element present; holo gives infeasible sequences ``-inf``, BIB
+    needs finite labels) and ``y_max`` 1 (all motifs).
     """
 
     name = "ehrlich"
@@ -141,8 +231,8 @@ class EhrlichTask(Task):
     y_max = 1.0
 
     def __init__(self, length: int = 32, vocab: int = 20, motifs: int = 2, motif_length: int = 4,
-                 quantization: int = 4, n_samples: int = 5000, seed: int = 0) -> None:
-        """Check the sizes as the paper requires, draw the function and the offline data."""
+                 quantization: int = 4, epistasis: float = 0.0, n_samples: int = 5000, seed: int = 0) -> None:
+        """Check the sizes as the paper and holo require, draw the function and the offline data."""
         if not 2 <= vocab <= MAX_VOCAB:
             raise BibInputError("vocab", f"vocabulary size {vocab} is outside 2..{MAX_VOCAB}",
                                 f"use 2 <= vocab <= {MAX_VOCAB}")
@@ -153,9 +243,8 @@ class EhrlichTask(Task):
         if length // motifs < motif_length:
             raise BibInputError("length", f"length {length} cannot hold {motifs} motifs of length {motif_length}",
                                 f"use length >= motifs * motif_length = {motifs * motif_length}")
-        if not 1 <= quantization <= motif_length or motif_length % quantization:
-            raise BibInputError("quantization", f"quantization {quantization} does not divide motif_length "
-                                f"{motif_length}", "use a divisor of motif_length (motif_length = none)")
+        _check_quantization(quantization, motif_length)
+        epistasis = _check_epistasis(epistasis)
         if n_samples < 16:
             raise BibInputError("n_samples", f"{n_samples} samples are too few", "use at least 16")
         if seed < 0:
@@ -163,8 +252,8 @@ class EhrlichTask(Task):
         self.length = length
         self.alphabet = LETTERS[:vocab]
         self.options = dict(length=length, vocab=vocab, motifs=motifs, motif_length=motif_length,
-                            quantization=quantization, n_samples=n_samples, seed=seed)
-        self.function = EhrlichFunction(length, vocab, motifs, motif_length, quantization, seed)
+                            quantization=quantization, epistasis=epistasis, n_samples=n_samples, seed=seed)
+        self.function = EhrlichFunction(length, vocab, motifs, motif_length, quantization, seed, epistasis)
         rng = np.random.default_rng([seed, 1])  # offline draws, independent of the function's draws
         x = self.function.sample(n_samples, rng)
         y = self.function(x)
@@ -181,7 +270,7 @@ class EhrlichTask(Task):
                                 "use a smaller quantization, shorter motifs or more n_samples") from err
 
     def oracle(self, x: np.ndarray) -> np.ndarray:
-        """Exact Ehrlich values of encoded sequences (m, L); 0 for infeasible ones."""
+        """Exact Ehrlich values of encoded sequences (m, L); 0 for infeasible ones (holo: -inf)."""
         return self.function(self.check_encoded(x))
 
     def optimal_solution(self) -> np.ndarray:
