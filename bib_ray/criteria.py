@@ -230,17 +230,17 @@ class OfflineCriteria:
     def proxy_ranking(self, phi, beta_scale: float) -> float:
         """proxy_heldout_spearman: the LM ridge (BIB's forward fit at ``beta_scale``) fit on the fit part
         of the offline embeddings ``phi`` (n, d), Spearman of its predictions on the held-out part
-        (memoised per ``beta_scale``: this object belongs to one LM's workbench)."""
+        (memoised per ``beta_scale`` and embeddings)."""
         import torch
 
         from bib_ray.core.ridge import OfflineFit, forward_prediction
 
-        key = float(beta_scale)
+        phi = torch.as_tensor(phi)
+        key = (float(beta_scale), tuple(phi.shape), float(phi.sum()))  # the embeddings' identity, cheaply
         if key not in self._ranking:
-            phi = torch.as_tensor(phi)
             fit_idx = torch.as_tensor(self.fit_index)
             held_idx = torch.as_tensor(self.held_index)
-            fit = OfflineFit.fit(phi[fit_idx], torch.as_tensor(self.y_z)[fit_idx], key)
+            fit = OfflineFit.fit(phi[fit_idx], torch.as_tensor(self.y_z)[fit_idx], float(beta_scale))
             pred = forward_prediction(phi[held_idx], fit).cpu().numpy()
             self._ranking[key] = spearman(pred, self.y_z[self.held_index])
         return self._ranking[key]

@@ -150,7 +150,10 @@ def test_a_run_logs_every_criterion_and_the_distance_matches_its_designs(tmp_pat
     from bib_ray.tasks import make_task
 
     task = make_task("csv", path=data)
-    designs = task.encode([row.split(",")[0] for row in (tmp_path / "out" / "designs.csv").read_text().splitlines()[1:]])
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out" / "designs.csv").open()))
+    designs = task.encode([row["design"] for row in rows])
     brute = np.mean([min(int((d != o).sum()) for o in task.offline_x) for d in designs])
     assert result["offline_nearest_distance"] == pytest.approx(brute)
 
@@ -200,6 +203,6 @@ def test_csv_search_offers_only_offline_criteria(tmp_path):
     for name in CRITERIA_NAMES:
         mode = "min" if name == "offline_nearest_distance" else "max"
         validate_against_task(parse_search_space({**space, "metric": name, "mode": mode}, "space"))
-    tight = {**space, "base": {**space["base"], "criteria": {"holdout": 0.05}}}
+    tight = {**space, "metric": "proxy_mean", "base": {**space["base"], "criteria": {"holdout": 0.05}}}
     with pytest.raises(BibInputError, match="criteria.holdout"):
         validate_against_task(parse_search_space(tight, "space"))
