@@ -125,8 +125,10 @@ def test_split_is_seeded_disjoint_and_refuses_too_few_points():
     again, _ = split_offline(100, CriteriaConfig(holdout=0.3, seed=1))
     np.testing.assert_array_equal(fit, again)
     with pytest.raises(BibInputError, match="criteria.holdout") as err:
-        split_offline(100, CriteriaConfig(holdout=0.95))
-    assert "5 held out" in str(err.value)
+        split_offline(100, CriteriaConfig(holdout=0.97))
+    assert "leaves 3 to fit" in str(err.value)
+    with pytest.raises(BibInputError, match="2 held out"):
+        split_offline(60, CriteriaConfig(holdout=0.03))
 
 
 def _csv_task(tmp_path, n: int = 60):
@@ -171,7 +173,7 @@ def test_criteria_at_limits_the_costly_criteria_to_the_asked_steps(tmp_path):
 
 
 def test_bad_holdout_is_one_line_error_before_any_lm(tmp_path):
-    base = {**TINY_BASE, "criteria": {"holdout": 0.9}}
+    base = {**TINY_BASE, "criteria": {"holdout": 0.95}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(base))
     proc = run_cli(["run", "--config", "bad.yaml", "--task", "csv", "--data", _csv_task(tmp_path, n=40)],
                    cwd=tmp_path, env={"BIB_RAY_CACHE": str(tmp_path / "cache")})
