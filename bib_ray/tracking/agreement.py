@@ -282,8 +282,8 @@ class AgreementReport:
 
 
 def build_agreement(client, parent, out_dir: str | Path, samples: int = BOOTSTRAP_SAMPLES) -> AgreementReport:
-    """Compute the agreement table of a search or ablation parent, write agreement.csv/.md and one scatter
-    plot per criterion, log them under ``report/`` of the parent with the ``agreement.*`` metrics.
+    """Compute the agreement table of a search or ablation parent, write agreement.csv/.md and agreement.png
+    (one scatter panel per task and criterion), log them under ``report/`` of the parent with the ``agreement.*`` metrics.
 
     One-line input errors: no trial ran to the end; no task of the trials has an oracle.
     """
@@ -309,15 +309,16 @@ def build_agreement(client, parent, out_dir: str | Path, samples: int = BOOTSTRA
     report.csv_path.write_text(to_csv(table))
     report.md_path.write_text(markdown)
     oracle_rows = [r for r in rows if ORACLE_MEDIAN in r["metrics"]]
-    for criterion in CRITERIA:
-        points = {}
-        for task in sorted({r["task"] for r in oracle_rows}):
+    stats = {(e["task"], e["criterion"]): e for e in table}
+    panels = []
+    for task in sorted({r["task"] for r in oracle_rows}):
+        for criterion in CRITERIA:
             usable = [r for r in oracle_rows if r["task"] == task and criterion.name in r["metrics"]]
-            points[task] = (np.array([r["metrics"][criterion.name] for r in usable], dtype=float),
-                            np.array([r["metrics"][ORACLE_MEDIAN] for r in usable], dtype=float))
-        stats = {e["task"]: e for e in table if e["criterion"] == criterion.name}
-        report.plots.append(plot_agreement(points, criterion.name, criterion.direction, stats,
-                                           out / f"agreement_{criterion.name}.png"))
+            panels.append({"task": task, "criterion": criterion.name, "direction": criterion.direction,
+                           "x": [r["metrics"][criterion.name] for r in usable],
+                           "y": [r["metrics"][ORACLE_MEDIAN] for r in usable],
+                           "spearman": stats[(task, criterion.name)]["spearman_median"]})
+    report.plots.append(plot_agreement(panels, out / "agreement.png"))
     retrying(lambda: client.log_batch(parent_id, metrics=_metric_batch(parent_metrics(table))))
     for path in [report.csv_path, report.md_path] + report.plots:
         retrying(lambda path=path: client.log_artifact(parent_id, str(path), REPORT_DIR))
@@ -347,6 +348,6 @@ def print_agreement(client, parent, out_dir: str | Path, uri: str) -> AgreementR
         print(f"left out {unit}: " + ", ".join(f"{n} {s}" for s, n in sorted(report.left_out.items())))
     if report.no_oracle:
         print(f"no oracle, not in the table: {', '.join(report.no_oracle)}")
-    print(f"wrote agreement.csv, agreement.md and {len(report.plots)} scatter plots to {report.csv_path.parent}; "
+    print(f"wrote agreement.csv, agreement.md and agreement.png (one scatter per criterion) to {report.csv_path.parent}; "
           f"logged under {REPORT_DIR}/ and as agreement.* metrics of parent run {report.parent_id} at {uri}")
     return report
