@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bib_ray.core.engine import BIBEngine, StepRecord
+from bib_ray.criteria import OfflineCriteria, split_offline
 from bib_ray.spec import RunSpec
 from bib_ray.tasks import Task
 from bib_ray.workbench import Workbench, get_workbench
@@ -45,8 +46,12 @@ def _stat(values: np.ndarray) -> tuple[float, float, float]:
     return float(values.max()), float(np.median(values)), float(values.mean())
 
 
-def step_metrics(task: Task, record: StepRecord, start: torch.Tensor, bench: Workbench) -> dict[str, float]:
-    """Named metrics of one step: oracle (when the task has one), proxy, distance, gamma, eta, losses."""
+def step_metrics(task: Task, record: StepRecord, start: torch.Tensor, bench: Workbench,
+                 criteria: OfflineCriteria | None = None, beta_scale: float = 1.0,
+                 all_criteria: bool = True) -> dict[str, float]:
+    """Named metrics of one step: oracle (when the task has one), proxy, distance, gamma, eta, losses,
+    and the offline-safe criteria of ``criteria`` (bib_ray.criteria): every one with ``all_criteria``,
+    else only the cheap additive ones (offline_proxy_mean/max)."""
     designs = record.designs.numpy()
     out: dict[str, float] = {"step": record.step + 1}
     if task.has_oracle:
@@ -54,7 +59,13 @@ def step_metrics(task: Task, record: StepRecord, start: torch.Tensor, bench: Wor
         out["normalized_max"], out["normalized_median"], out["normalized_mean"] = _stat(norm)
     pred = record.prediction.numpy() * bench.y_std + bench.y_mean
     out["proxy_max"], out["proxy_median"], out["proxy_mean"] = _stat(pred)
-    if bench.offline_scorer is not None:
+    if criteria is not None and all_criteria:
+        out.update(criteria.design_metrics(designs))
+        out["proxy_heldout_spearman"] = criteria.proxy_ranking(bench.phi_l, beta_scale)
+    elif criteria is not None:
+        additive = criteria.additive.predict(designs)
+        out["offline_proxy_max"], out["offline_proxy_mean"] = float(additive.max()), float(additive.mean())
+    elif bench.offline_scorer is not None:
         offline = bench.offline_scorer.score(designs)
         out["offline_proxy_max"], _, out["offline_proxy_mean"] = _stat(offline)
     out["mean_edit_distance"] = float((designs != start.numpy()).sum(1).mean())
@@ -94,6 +105,7 @@ def validate_spec(spec: RunSpec) -> Task:
 
     task = build_task(spec.task)
     task.top_offline(spec.engine.designs)  # M must not exceed the offline set
+    split_offline(len(task.offline_y), spec.criteria)  # both parts of the criteria's split keep enough points
     resolve_device(spec.device)
     if spec.lm:
         check_model_source(spec.lm)
@@ -101,8 +113,12 @@ def validate_spec(spec: RunSpec) -> Task:
 
 
 def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False,
-            bench: Workbench | None = None) -> RunResult:
-    """Run BIB as ``spec`` says; call ``on_step`` with each step's metrics; return the result."""
+            bench: Workbench | None = None, criteria_at: Callable[[int], bool] | None = None) -> RunResult:
+    """Run BIB as ``spec`` says; call ``on_step`` with each step's metrics; return the result.
+
+    The offline criteria are computed at the last step and at every step ``criteria_at(step)`` (1-based)
+    accepts; None: at every step. (The pairwise models and the nearest-offline distance cost a few
+    milliseconds per step: a Tune trial asks for them only at the steps it reports.)"""
     t0 = time.perf_counter()
     if bench is None:
         validate_spec(spec)
@@ -110,6 +126,7 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
     task = bench.task
     torch.manual_seed(spec.engine.seed)
     engine, start = build_engine(spec, bench)
+    criteria = bench.offline_criteria(spec.criteria)  # fit once per workbench
     steps = spec.engine.steps_for(task.default_steps)
     t1 = time.perf_counter()
     trajectory: list[dict[str, float]] = []
@@ -123,7 +140,8 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
     tick = time.perf_counter()
     for record in records:
         engine_seconds += time.perf_counter() - tick
-        metrics = step_metrics(task, record, start, bench)
+        full = criteria_at is None or record.step + 1 == steps or criteria_at(record.step + 1)
+        metrics = step_metrics(task, record, start, bench, criteria, spec.engine.beta_scale, full)
         trajectory.append(metrics)
         last = record
         if on_step is not None:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bib_ray.core.config import EngineConfig
+from bib_ray.criteria import CriteriaConfig
 from bib_ray.errors import BibInputError
 from bib_ray.proxy.small_lm import SmallLMConfig
 
@@ -41,6 +42,8 @@ class RunSpec(BaseModel):
     lm_pretrain: SmallLMConfig = Field(default_factory=SmallLMConfig, description="the default LM's recipe")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    criteria: CriteriaConfig = Field(default_factory=CriteriaConfig,
+                                     description="how the offline-safe criteria are fit (bib_ray.criteria)")
 
     @field_validator("task", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import torch
 
 from bib_ray.core.auxiliary import fit_auxiliary
 from bib_ray.core.ridge import OfflineFit
+from bib_ray.criteria import CriteriaConfig, OfflineCriteria
 from bib_ray.evaluation import AdditiveOfflineScorer
 from bib_ray.proxy.lm_proxy import LMProxy, resolve_device
 from bib_ray.proxy.small_lm import SmallLMConfig, cache_root, ensure_default_lm
@@ -43,12 +44,20 @@ class Workbench:
     cache_key: str = ""  # LM and task fingerprints: names this workbench's disk caches
     _fits: dict = field(default_factory=dict)
     _aux: dict = field(default_factory=dict)
+    _criteria: dict = field(default_factory=dict)
 
     def offline_fit(self, beta_scale: float) -> OfflineFit:
         """The forward ridge and backward statistics for one ridge scale (memoised)."""
         if beta_scale not in self._fits:
             self._fits[beta_scale] = OfflineFit.fit(self.phi_l, self.y_z, beta_scale)
         return self._fits[beta_scale]
+
+    def offline_criteria(self, config: CriteriaConfig) -> OfflineCriteria:
+        """The offline-safe criteria's models for one criteria config (memoised: fit once, seconds)."""
+        if config not in self._criteria:
+            self._criteria[config] = OfflineCriteria.fit(np.asarray(self.task.offline_x), self.y_z.numpy(),
+                                                         len(self.task.alphabet), config)
+        return self._criteria[config]
 
     def auxiliary(self, heads: int, hidden: int, epochs: int, seed: int) -> torch.nn.Module:
         """The auxiliary ensemble f_a for one recipe and seed (memoised, and cached on disk: training

@@ -21,6 +21,7 @@ from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.report import build_report, is_ablation_parent
 from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.criteria import split_offline
 from bib_ray.workbench import build_task, prepare_default_lms
 
 
@@ -55,8 +56,9 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
     from ray import tune
 
     cells = expand_cells(plan, base)
-    for task in {c.spec.task.key(): c.spec.task for c in cells}.values():
-        build_task(task)  # a bad task or option fails here, before Ray or MLflow start
+    for cell in {(c.spec.task.key(), c.spec.criteria): c for c in cells}.values():
+        task = build_task(cell.spec.task)  # a bad task or option fails here, before Ray or MLflow start
+        split_offline(len(task.offline_y), cell.spec.criteria)
     store = Store(tracking_uri, plan.name)
     parent_id = None if force else _latest_parent(store, plan.name)
     done = finished_keys(store, parent_id) if parent_id and not resume else set()

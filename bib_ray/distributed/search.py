@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from bib_ray.distributed.space import SearchSpace, lm_seed_list, load_search_space
+from bib_ray.criteria import split_offline
+from bib_ray.distributed.space import OFFLINE_METRICS, SearchSpace, lm_seed_list, load_search_space
 from bib_ray.distributed.trainable import trial_spec
 from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, execute, open_store_while_ray_starts,
                                          storage_root)
@@ -41,7 +42,8 @@ def validate_against_task(space: SearchSpace) -> None:
     task = build_task(space.base.task)
     if space.uses_oracle and not task.has_oracle:
         raise BibInputError("metric", f"{space.metric} needs an oracle but task {task.name!r} has none",
-                            "use metric offline_proxy_mean")
+                            f"use an offline-safe criterion: {', '.join(OFFLINE_METRICS)}")
+    split_offline(len(task.offline_y), space.base.criteria)
 
 
 def default_lm_variants(space: SearchSpace) -> list[RunSpec]:
@@ -134,7 +136,7 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
         dump_run_spec(best_spec, best_output)
         store.log_metrics(parent, {f"best.{k}": v for k, v in best_metrics.items()
                                    if k in ("normalized_max", "normalized_median", "normalized_mean",
-                                            "offline_proxy_mean", "mean_edit_distance")}, 0)
+                                            "offline_proxy_mean", "mean_edit_distance", space.result_key)}, 0)
         store.log_text(parent, Path(best_output).read_text(), "best.yaml")
         store.set_tags(parent, {"best_trial_id": best_metrics.get("trial_id", "")})
     store.set_status(parent, "FINISHED")

@@ -12,15 +12,15 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bib_ray.criteria import CRITERIA_BY_NAME, CRITERIA_NAMES
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, load_yaml, parse_run_spec, validate_mapping
 
 ORACLE_METRICS = ("oracle_max", "oracle_median", "oracle_mean")
-OFFLINE_METRICS = ("offline_proxy_mean", "offline_proxy_max")
+OFFLINE_METRICS = CRITERIA_NAMES  # offline-safe criteria (bib_ray.criteria): never call the oracle
 METRICS = ORACLE_METRICS + OFFLINE_METRICS
 RESULT_KEYS = {"oracle_max": "normalized_max", "oracle_median": "normalized_median",
-               "oracle_mean": "normalized_mean", "offline_proxy_mean": "offline_proxy_mean",
-               "offline_proxy_max": "offline_proxy_max"}
+               "oracle_mean": "normalized_mean", **{name: name for name in OFFLINE_METRICS}}
 """Search metric name -> the key of the per-step result that carries it."""
 
 
@@ -163,6 +163,14 @@ class SearchSpace(BaseModel):
         if value not in METRICS:
             raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _mode_fits_criterion(self) -> "SearchSpace":
+        criterion = CRITERIA_BY_NAME.get(self.metric)
+        if criterion is not None and criterion.direction == "min" and self.mode == "max":
+            raise ValueError(f"{self.metric} is to be minimised (designs that stray from the offline data); "
+                             "set mode: min")
+        return self
 
     @model_validator(mode="after")
     def _params_are_run_settings(self) -> "SearchSpace":

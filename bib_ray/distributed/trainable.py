@@ -137,8 +137,13 @@ def bib_trainable(config: dict[str, Any]) -> None:
                                  "node": node})
                     history.clear()
 
+            offset = iteration  # steps of earlier runs: reports fall where (offset + step) % report_every == 0
+
+            def criteria_at(step: int, offset: int = offset) -> bool:
+                return (offset + step) % report_every == 0  # every report carries every criterion (a metric)
+
             try:
-                last = run_bib(seeded, on_step=on_step, bench=bench)
+                last = run_bib(seeded, on_step=on_step, bench=bench, criteria_at=criteria_at)
             except NonFiniteLossError as err:
                 tune.report({"final": True, "failed_reason": str(err), "lm_loads_in_worker": workbench.LM_LOADS,
                              "worker_pid": os.getpid(), "node": node, "seed": seed})

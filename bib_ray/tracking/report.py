@@ -608,9 +608,11 @@ def run_report_command(args: Any) -> int:
     _check_store(uri)
     from mlflow.tracking import MlflowClient
 
+    from bib_ray.tracking.agreement import find_report_parent, print_agreement
+
     client = MlflowClient(tracking_uri=uri)
     try:
-        parent = find_parent(client, args.target)
+        parent = find_report_parent(client, args.target)  # an ablation's or a search's parent
     except BibInputError:
         raise
     except Exception as err:  # noqa: BLE001 - only an unreachable server becomes a user error
@@ -618,8 +620,11 @@ def run_report_command(args: Any) -> int:
             raise BibInputError("tracking-uri", f"cannot reach the MLflow server at {uri}",
                                 "start it or give another --tracking-uri") from None
         raise
-    report = build_report(client, parent.info.run_id, getattr(args, "output", None) or "ablation_report",
-                          getattr(args, "reference", None))
+    out_dir = getattr(args, "output", None) or "ablation_report"
+    if parent.data.tags.get(KIND_TAG) == "search":  # a search's report is the criteria's agreement table
+        print_agreement(client, parent, out_dir, uri)
+        return 0
+    report = build_report(client, parent.info.run_id, out_dir, getattr(args, "reference", None))
     name = parent.data.tags.get(NAME_TAG, "?")
     print(report.text, end="")
     if report.skipped:
@@ -627,4 +632,6 @@ def run_report_command(args: Any) -> int:
     folder = report.table_md.parent
     print(f"wrote {', '.join(p.name for p in report.paths)} to {folder}")
     print(f"logged them under {REPORT_DIR}/ of parent run {parent.info.run_id} (ablation {name!r}) at {uri}")
+    if any("normalized_median" in row["metrics"] for row in collect_cells(client, parent.info.run_id)):
+        print_agreement(client, parent, out_dir, uri)  # cells on a task with an oracle: criteria vs oracle
     return 0
