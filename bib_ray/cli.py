@@ -29,7 +29,7 @@ def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
 def _add_run_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML run file (task, lm, lm_pretrain, device, engine); "
                    "flags override it; the best.yaml a search writes is such a file")
-    p.add_argument("--task", help="tfbind8 | aav | ehrlich | csv | npy (default tfbind8)")
+    p.add_argument("--task", help="tfbind8 | aav | ehrlich | rna | csv | npy (default tfbind8; see bib-ray tasks)")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                    help="task option, repeatable: aav start=561 end=588 phenotype=packaging; csv path=FILE "
                         "alphabet=ACGT; ehrlich length=32 vocab=20")
@@ -135,6 +135,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from bib_ray.tasks.catalog import describe_task, list_tasks
+
+    text = describe_task(args.name) if args.name else list_tasks()
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `bib-ray tasks tfbind8 | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray address: omitted = start a local Ray; 'auto' = the running cluster")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else "
@@ -217,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", help="search benchmark on a running Ray (e.g. auto) instead of a fresh local one")
     bench.add_argument("--variant", default="learned", help="variant (default learned)")
     bench.set_defaults(func=cmd_bench)
+
+    tasks = sub.add_parser("tasks", help="list the tasks and their options, or one task's choices",
+                           description="List the tasks with their options; with NAME, that task's choices "
+                                       "(tfbind8: the TF tables; rna: the problems).")
+    tasks.add_argument("name", nargs="?", help="a task name, e.g. tfbind8 or rna")
+    tasks.set_defaults(func=cmd_tasks)
     return parser
 
 

