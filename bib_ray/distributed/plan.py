@@ -48,6 +48,48 @@ class Override(BaseModel):
         return value
 
 
+class PanelSample(BaseModel):
+    """A seeded draw of ``n`` values of a task option that has a list of names (tfbind8's ``tf``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    option: str = Field(description="the option to draw, e.g. tf")
+    n: int = Field(ge=1, description="how many values")
+    seed: int = Field(0, ge=0, description="seed of the draw")
+    contains: str = Field("", description="keep only names containing this text, e.g. _REF_R1")
+
+
+def expand_panel(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """One task entry of a plan as task specs: ``{name, options, sample}`` plus options written at the top
+    level; every list-valued option gives one task per value (crossed), ``sample`` draws values."""
+    import numpy as np
+
+    from bib_ray.tasks import option_choices
+
+    item = dict(item)
+    name = item.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError("each task needs a name, e.g. {name: tfbind8, tf: [SIX6_REF_R1, ...]}")
+    options = dict(item.pop("options", None) or {})
+    sample = item.pop("sample", None)
+    options.update(item)  # the short form: options at the top level
+    lists = {k: v for k, v in options.items() if isinstance(v, list)}
+    if sample is not None:
+        draw = PanelSample.model_validate(sample)
+        if draw.option in options:
+            raise ValueError(f"{draw.option} is both listed and sampled; keep one")
+        names = [v for v in option_choices(name, draw.option) if draw.contains in v]
+        if draw.n > len(names):
+            raise ValueError(f"sample.n = {draw.n} but only {len(names)} {draw.option} values match "
+                             f"{draw.contains!r}; ask for at most {len(names)}")
+        rng = np.random.default_rng(draw.seed)
+        lists[draw.option] = sorted(names[i] for i in rng.choice(len(names), size=draw.n, replace=False))
+    fixed = {k: v for k, v in options.items() if k not in lists}
+    keys = list(lists)
+    return [{"name": name, "options": {**fixed, **dict(zip(keys, combo))}}
+            for combo in itertools.product(*(lists[k] for k in keys))]
+
+
 class AblationPlan(BaseModel):
     """An ablation study of BIB."""
 
@@ -56,7 +98,8 @@ class AblationPlan(BaseModel):
     name: str = Field(min_length=1, description="MLflow experiment and parent run name")
     base: RunSpec = Field(default_factory=RunSpec)
     base_from: str | None = Field(None, description="a run file (e.g. a search's best.yaml) to use as base")
-    tasks: list[TaskSpec] = Field(default_factory=list, description="default: the base task")
+    tasks: list[TaskSpec] = Field(default_factory=list, description="default: the base task; an entry with "
+                                  "list-valued options or a sample is a panel of tasks")
     variants: list[str] = Field(default_factory=lambda: ["forward", "backward", "fixed", "learned"], min_length=1)
     adaptive_eta: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
     baseline: bool = Field(True, description="add the grad baseline (with each adaptive_eta value)")
@@ -78,9 +121,23 @@ class AblationPlan(BaseModel):
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
+        """A task name, a task mapping, or a panel (list-valued options, ``sample``); a single mapping
+        stands for a one-entry list."""
+        items = [value] if isinstance(value, dict) else value
+        if not isinstance(items, list):
+            return value
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                out.append({"name": item})
+            elif isinstance(item, dict):
+                try:
+                    out += expand_panel(item)
+                except BibInputError as err:
+                    raise ValueError(str(err)) from None
+            else:
+                out.append(item)
+        return out
 
     @field_validator("variants")
     @classmethod

@@ -33,7 +33,7 @@ from bib_ray.tasks.tfbind8 import TFBind8Task
 from bib_ray.tasks.user_data import UserDataTask
 
 __all__ = ["TASK_NAMES", "Task", "AAVTask", "EhrlichTask", "RNATask", "TFBind8Task", "UserDataTask", "make_task",
-           "task_options", "validate_offline"]
+           "option_choices", "task_options", "validate_offline"]
 
 TASK_NAMES = ("tfbind8", "aav", "ehrlich", "rna", "csv", "npy")
 
@@ -91,6 +91,24 @@ def task_options(name: str) -> dict[str, Any]:
     key = _check_name(name)
     params = inspect.signature(_BUILDERS[key]).parameters
     return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params.values()}
+
+
+def option_choices(name: str, option: str) -> tuple[str, ...]:
+    """The named values an option takes (tfbind8's ``tf``, rna's ``problem``, aav's ``phenotype``), for
+    panels of tasks that sample among them; an option without a fixed list of names is an input error."""
+    from bib_ray.tasks.aav import PHENOTYPES
+    from bib_ray.tasks.rna import problems
+    from bib_ray.tasks.tfbind8 import tf_names
+
+    lists: dict[tuple[str, str], Callable[[], tuple[str, ...]]] = {
+        ("tfbind8", "tf"): tf_names, ("rna", "problem"): lambda: tuple(problems()),
+        ("aav", "phenotype"): lambda: tuple(PHENOTYPES)}
+    key = (_check_name(name), option)
+    if key not in lists:
+        named = ", ".join(f"{task}.{opt}" for task, opt in lists)
+        raise BibInputError("sample.option", f"task {name!r} option {option!r} has no list of named values",
+                            f"sample one of {named}")
+    return lists[key]()
 
 
 def _check_name(name: str) -> str:
