@@ -25,6 +25,7 @@ from bib_ray.errors import BibInputError
 SERVER_TIMEOUT_S = 5.0
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 UNCHECKED_SCHEMES = ("databricks", "databricks-uc", "uc")  # need credentials; MLflow reports them itself
+SQLITE_HEADER = b"SQLite format 3\x00"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # as bib_ray.tracking.store.DEFAULT_URI
 
 
@@ -85,6 +86,10 @@ def _check_sqlite_file(option: str, db: Path, fix: str) -> None:
     if not db.exists():
         return
     try:
+        with open(db, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:  # SQLite itself takes a short file of anything as empty
+            raise sqlite3.DatabaseError("file is not a database")
         connection = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=10)
         try:
             connection.execute("select count(*) from sqlite_master").fetchone()

@@ -1,7 +1,7 @@
 """Corrupt cache entries are found, reported in one line, rebuilt, and the run's numbers do not change.
 
 One clean ``bib-ray run`` (the real default-LM path, pre-training a tiny LM for 20 steps) fills a
-cache; each test copies it, damages one entry on disk the way a full disk, a cut copy or a stale
+cache; each test restores it, damages one entry on disk the way a full disk, a cut copy or a stale
 mount would, runs again and compares with the clean run. ``bib-ray cache verify`` must find every
 damaged entry, and ``bib-ray cache clear`` must remove exactly what its filters select.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bib_ray import cache_store
 from bib_ray.cache_store import CorruptCacheEntry, ensure_entry, manifest_path, scan_entries, verify_entry, write_entry
 from bib_ray.cli import main
 from bib_ray.workbench import clear_workbenches
@@ -121,7 +120,8 @@ def test_corrupt_entry_is_rebuilt_with_one_warning_and_same_numbers(case_id, kin
     verify_entry(entry, kind)  # rebuilt, with a manifest that holds
     if kind == "lm":  # pre-trained again (a fresh pre-training record), not just re-hashed
         assert json.loads((entry / "bib_ray_pretrain.json").read_text())["config"]["steps"] == 20
-        assert manifest_path(entry).stat().st_mtime_ns > manifest_path(root / "pristine" / "lm" / entry.name).stat().st_mtime_ns
+        pristine = manifest_path(root / "pristine" / "lm" / entry.name)
+        assert manifest_path(entry).stat().st_mtime_ns > pristine.stat().st_mtime_ns
     for key in NUMBERS:
         assert result[key] == clean_result[key], (key, result[key], clean_result[key])
     assert designs == clean_designs
@@ -256,4 +256,4 @@ def test_unloadable_entry_with_a_matching_manifest_is_rebuilt(tmp_path, capsys):
     assert ensure_entry(entry, "auxiliary", build, load, task="t", lm="m") == "fine"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unreadable" in err[0] and err[0].endswith("; rebuilding"), err
-    assert cache_store.verify_entry(entry)["kind"] == "auxiliary"
+    assert verify_entry(entry)["kind"] == "auxiliary"
