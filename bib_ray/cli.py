@@ -1,4 +1,4 @@
-"""The ``bib-ray`` command: run, pretrain, search, ablate, report, bench.
+"""The ``bib-ray`` command: run, pretrain, search, ablate, report, cache, bench.
 
 Every user mistake surfaces as one line ``bib-ray: error: <field>: <problem> (<fix>)`` and exit
 code 2; tracebacks are for bugs only.
@@ -127,6 +127,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return run_report_command(args)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from bib_ray.cache_command import run_cache_command
+
+    return run_cache_command(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
         from bib_ray.bench.engine_bench import main as bench_main
@@ -215,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "against (default: the plan's reference, else fixed)")
     report.set_defaults(func=cmd_report)
 
+    cache = sub.add_parser("cache", help="list, verify or clear cached LMs, embeddings and auxiliary models",
+                           description="The cache ($BIB_RAY_CACHE, else ~/.cache/bib_ray): every entry has a "
+                                       "manifest; a corrupt entry is rebuilt when next used.")
+    cache_actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=OneLineParser)
+    cache_actions.add_parser("list", help="kind, task, LM, size and creation time of every entry")
+    cache_actions.add_parser("verify", help="check every entry against its manifest (exit code 1 if any is bad)")
+    clear = cache_actions.add_parser("clear", help="remove entries (all, or those matching every filter given)")
+    clear.add_argument("--kind", choices=["lm", "embeddings", "auxiliary"], help="only entries of this kind")
+    clear.add_argument("--task", metavar="NAME", help="only entries of this task (e.g. tfbind8)")
+    clear.add_argument("--lm", metavar="TEXT", help="only entries whose LM name contains TEXT")
+    cache.set_defaults(func=cmd_cache)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures",
                            description="engine: batched vs one-at-a-time design steps/s; search: overhead share.")
     bench.add_argument("what", choices=["engine", "search"], help="which benchmark")
@@ -242,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        from bib_ray.preflight import check_command_paths
+
+        check_command_paths(args)  # every path and store the command uses, before any work starts
         return int(args.func(args) or 0)
     except BibInputError as err:
         print(f"bib-ray: error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bib_ray.cache_store import ensure_entry, lm_label
 from bib_ray.core.auxiliary import fit_auxiliary
 from bib_ray.core.ridge import OfflineFit
 from bib_ray.criteria import CriteriaConfig, OfflineCriteria
@@ -65,12 +66,11 @@ class Workbench:
         key = (heads, hidden, epochs, seed)
         if key not in self._aux:
             path = cache_root() / "auxiliary" / f"{self.cache_key}-{heads}-{hidden}-{epochs}-{seed}.pt"
-            if path.exists():
-                self._aux[key] = torch.load(path, weights_only=False)
-            else:
-                aux = fit_auxiliary(self.phi_l, self.y_z, heads, hidden, epochs, seed)
-                _atomic_save(aux, path)
-                self._aux[key] = aux
+            self._aux[key] = ensure_entry(
+                path, "auxiliary", lambda tmp: torch.save(fit_auxiliary(self.phi_l, self.y_z, heads, hidden, epochs,
+                                                                        seed), tmp),
+                lambda p: torch.load(p, weights_only=False), task=self.task.name, lm=lm_label(self.proxy.name),
+                extra={"heads": heads, "hidden": hidden, "epochs": epochs, "seed": seed})
         return self._aux[key]
 
 
@@ -83,14 +83,14 @@ def _cache_key(proxy: LMProxy, task: Task) -> str:
 
 
 def embed_offline(proxy: LMProxy, task: Task, use_disk: bool = True) -> torch.Tensor:
-    """phi of every offline sequence, from the disk cache when it is there."""
-    path = _embedding_cache_file(proxy, task)
-    if use_disk and path.exists():
-        return torch.load(path)
-    phi = proxy.embed_sequences(torch.tensor(np.asarray(task.offline_x), dtype=torch.long)).float()
-    if use_disk:
-        _atomic_save(phi, path)
-    return phi
+    """phi of every offline sequence, from the (verified) disk cache when it is there."""
+    def embed() -> torch.Tensor:
+        return proxy.embed_sequences(torch.tensor(np.asarray(task.offline_x), dtype=torch.long)).float()
+
+    if not use_disk:
+        return embed()
+    return ensure_entry(_embedding_cache_file(proxy, task), "embeddings", lambda tmp: torch.save(embed(), tmp),
+                        torch.load, task=task.name, lm=lm_label(proxy.name))
 
 
 def _atomic_save(obj, path: Path) -> None:

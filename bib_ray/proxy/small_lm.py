@@ -14,12 +14,10 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from filelock import FileLock
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -169,18 +167,19 @@ def default_lm_path(task_name: str, task_fingerprint: str, config: SmallLMConfig
 
 
 def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
-    """The cached default LM for ``task``, pre-training it first if needed (file-locked)."""
+    """The cached default LM for ``task``, pre-training it first if needed (file-locked); a cached
+    copy that fails its manifest is reported, removed and pre-trained again."""
+    from bib_ray.cache_store import ensure_entry
+
     config = config.resolved(task.length)
     path = default_lm_path(task.name, task.fingerprint(), config)
-    done = path / "bib_ray_pretrain.json"
-    if done.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not done.exists():
-            if log_every:
-                print(f"[bib-ray] pre-training the default LM for {task.name} ({config.steps} MLM steps, once; "
-                      f"cached in {path.parent})", flush=True)
-            pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
-                              path, log_every=log_every)
-    return path
+
+    def pretrain(out_dir: Path) -> None:
+        if log_every:
+            print(f"[bib-ray] pre-training the default LM for {task.name} ({config.steps} MLM steps, once; "
+                  f"cached in {path.parent})", flush=True)
+        pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
+                          out_dir, log_every=log_every)
+
+    return ensure_entry(path, "lm", pretrain, lambda p: p, task=task.name, lm=path.name,
+                        extra={"config": config.model_dump()})
