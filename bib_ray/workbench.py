@@ -8,7 +8,6 @@ prove each worker loaded its LM once. Offline embeddings are also cached on disk
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,14 +90,6 @@ def embed_offline(proxy: LMProxy, task: Task, use_disk: bool = True) -> torch.Te
         return embed()
     return ensure_entry(_embedding_cache_file(proxy, task), "embeddings", lambda tmp: torch.save(embed(), tmp),
                         torch.load, task=task.name, lm=lm_label(proxy.name))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """torch.save through a temporary file, so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def resolve_lm_source(spec: RunSpec, task: Task, log_every: int = 0) -> str:
