@@ -287,3 +287,33 @@ def test_expand_cells_orders_replicates_and_matches_lm_seed_overrides():
     assert {c.spec.engine.lr for c in cells if c.spec.lm_pretrain.seed == 1} == {0.05}
     assert {c.spec.engine.lr for c in cells if c.spec.lm_pretrain.seed == 0} == {0.1}
     assert len({c.key for c in cells}) == len(cells)
+
+
+# --- task panels (several landscapes of one kind in one plan) -------------------------------------------
+def test_panel_lists_and_seeded_samples_expand_into_tasks():
+    from bib_ray.tasks.tfbind8 import tf_names
+
+    listed = parse_plan({**LM_PLAN, "tasks": {"name": "tfbind8", "tf": ["SIX6_REF_R1", "FOXC1_REF_R1"]}}, "plan")
+    assert [t.options for t in listed.tasks] == [{"tf": "SIX6_REF_R1"}, {"tf": "FOXC1_REF_R1"}]
+    draw = {"name": "tfbind8", "sample": {"option": "tf", "n": 5, "seed": 3, "contains": "_REF_R1"}}
+    first = parse_plan({**LM_PLAN, "tasks": [draw, "aav"]}, "plan")
+    again = parse_plan({**LM_PLAN, "tasks": [draw]}, "plan")
+    other = parse_plan({**LM_PLAN, "tasks": [{**draw, "sample": {**draw["sample"], "seed": 4}}]}, "plan")
+    tfs = [t.options["tf"] for t in first.tasks[:5]]
+    assert first.tasks[5].name == "aav" and len(set(tfs)) == 5
+    assert set(tfs) <= {n for n in tf_names() if "_REF_R1" in n}
+    assert tfs == [t.options["tf"] for t in again.tasks] != [t.options["tf"] for t in other.tasks]
+    plan, base = __import__("bib_ray.distributed.plan", fromlist=["load_plan"]).load_plan("ablations/tf_panel.yaml")
+    cells = expand_cells(plan, base)
+    assert len({c.spec.task.key() for c in cells}) == 6 and len(cells) == 6 * 4 * 2 * 2
+
+
+@pytest.mark.parametrize("tasks,needle", [
+    ({"name": "tfbind8", "sample": {"option": "tf", "n": 500}}, "sample.n"),
+    ({"name": "tfbind8", "sample": {"option": "colour", "n": 2}}, "sample.option"),
+    ({"name": "tfbind8", "tf": ["SIX6_REF_R1"], "sample": {"option": "tf", "n": 2}}, "both listed and sampled"),
+])
+def test_bad_panel_is_one_line_error(tmp_path, tasks, needle):
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({**LM_PLAN, "tasks": tasks}))
+    proc = run_cli(["ablate", "plan.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path)
+    assert_one_line_error(proc, needle)
