@@ -65,7 +65,7 @@ for prefix in $("$PYTHON" -c 'import sys; print(sys.prefix, sys.base_prefix)' | 
 done
 
 # ---------------------------------------------------------------------------------------------- cleanup
-ray_env() { RAY_AUTH_MODE=disabled "$@"; }
+ray_env() { RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 "$@"; }  # no token, no usage reports (no traffic out)
 control_dir() {  # where `ray up` keeps its SSH control sockets for this cluster
     "$PYTHON" -c "import getpass, hashlib; h = lambda s: hashlib.sha256(s.encode()).hexdigest()[:10]; \
 print(f'/tmp/ray_ssh_{h(getpass.getuser())}/{h(\"$NAME\")}')"
@@ -88,6 +88,7 @@ cleanup() {
     for sock in "$(control_dir)"/*; do  # `ray up`'s SSH masters (ControlPersist) on this machine
         [[ -S $sock ]] && ssh -o ControlPath="$sock" -O exit dummy >/dev/null 2>&1
     done
+    rmdir "$(control_dir)" 2>/dev/null
     for h in worker head; do ip netns del "${NS[$h]}" 2>/dev/null; done
     ip link del "$BRIDGE" 2>/dev/null
     rm -f "/tmp/ray/cluster-$NAME.lock" "/tmp/ray/cluster-$NAME.state"  # `ray up`'s local provider state
@@ -164,6 +165,10 @@ done
 
 boot_host() {  # the host "boots": fresh PID/UTS/mount namespaces in its network namespace, sshd
     local h=$1
+    if [[ -n $(ls -A "$RUN/tmp-$h") ]]; then  # a reboot empties /tmp; the old one stays for a look
+        mv "$RUN/tmp-$h" "$RUN/tmp-$h.before-$(date +%s)"
+        mkdir -m 1777 "$RUN/tmp-$h"
+    fi
     ip netns exec "${NS[$h]}" unshare --mount --uts --pid --fork --mount-proc --propagation private \
         bash "$RUN/host-$h.sh" >>"$RUN/logs/host-$h.log" 2>&1 &
     disown $!  # killed with its namespace, on purpose: no job notice
@@ -224,6 +229,12 @@ wait_job() {  # wait for a job to end; fail unless it SUCCEEDED
     fail "job $id did not finish"
 }
 checks() { "$PYTHON" scripts/e2e_cluster_checks.py "$@"; }
+ray_processes() {  # names of Ray's own daemons still running in a host's namespace
+    local pid
+    for pid in $(ip netns pids "$1" 2>/dev/null); do
+        case $(cat "/proc/$pid/comm" 2>/dev/null) in raylet|gcs_server) echo -n " $1:$pid";; esac
+    done
+}
 HEAD_URI=sqlite:///$RUN/home-head/mlruns.db  # the same file, seen from this machine
 HEAD_STORAGE=$RUN/home-head/bib_ray_runs
 verify() {  # verify one experiment, print its figures, add its lost runs to RUNS_LOST
@@ -245,27 +256,27 @@ echo "ray up: ${UP_SECONDS}s (head set up and started); worker joined ${NODES_SE
 say "6-trial search and 3-cell ablation across both hosts"
 submit e2e-search search "$RUN/specs/search.yaml" --best-output "$ROOT_HOME/e2e_best.yaml"
 wait_job e2e-search
-verify "search across hosts" --experiment e2e_search --expected 6 --steps 6 --hosts 2
+verify "search across hosts" --spec "$RUN/specs/search.yaml" --expected 6 --hosts 2
 submit e2e-ablation ablate "$RUN/specs/ablation.yaml" --output "$ROOT_HOME/e2e_ablation_report"
 wait_job e2e-ablation
-verify "ablation across hosts" --experiment e2e_ablation --expected 3 --steps 6 --hosts 2 --cells
+verify "ablation across hosts" --spec "$RUN/specs/ablation.yaml" --expected 3 --hosts 2 --cells
 
 # ---------------------------------------------------------------------------------------------- worker lost
 say "search that loses the worker host"
 submit e2e-node-loss search "$RUN/specs/node_loss.yaml" --best-output "$ROOT_HOME/e2e_best_loss.yaml"
-on_worker=$(checks wait --uri "$HEAD_URI" --experiment e2e_node_loss --host bibe2e-worker --min-steps 10) \
+on_worker=$(checks wait --uri "$HEAD_URI" --experiment e2e_node_loss --host bibe2e-worker) \
     || fail "no trial reached the worker"
 kill_host "${NS[worker]}"
 say "worker host killed (all processes of ${NS[worker]}) while it ran trial(s) $on_worker"
 wait_job e2e-node-loss 600
-verify "search after worker loss" --experiment e2e_node_loss --expected 6 --steps 60 --lost-trials "$on_worker"
+verify "search after worker loss" --spec "$RUN/specs/node_loss.yaml" --expected 6 --lost-trials "$on_worker"
 boot_host worker  # the worker machine reboots; the autoscaler restarts Ray on it
 t0=$SECONDS
 
 # ---------------------------------------------------------------------------------------------- head lost
 say "ablation that loses the head host and its driver"
 submit e2e-head-loss ablate "$RUN/specs/head_loss.yaml" --output "$ROOT_HOME/e2e_head_loss_report"
-checks wait --uri "$HEAD_URI" --experiment e2e_head_loss --host bibe2e-head --min-steps 5 --finished 1 >/dev/null \
+checks wait --uri "$HEAD_URI" --experiment e2e_head_loss --host bibe2e-head --finished 1 >/dev/null \
     || fail "the ablation did not get going"
 kill_host "${NS[head]}"
 say "head host killed (GCS, job server and driver)"
@@ -274,7 +285,7 @@ ray_up
 echo "ray up after head loss: ${UP_SECONDS}s"
 submit e2e-head-loss-resume ablate "$RUN/specs/head_loss.yaml" --output "$ROOT_HOME/e2e_head_loss_report" --resume
 wait_job e2e-head-loss-resume 600
-verify "ablation resumed after head loss" --experiment e2e_head_loss --expected 6 --steps 60 --cells
+verify "ablation resumed after head loss" --spec "$RUN/specs/head_loss.yaml" --expected 6 --cells
 if wait_nodes 2 180; then
     echo "worker back after its reboot: ray status shows 2 nodes $(( SECONDS - t0 ))s after it booted"
 else
@@ -284,5 +295,13 @@ fi
 # ---------------------------------------------------------------------------------------------- down
 say "ray down"
 ray_env "$RAY" down -y "$CFG" >>"$RUN/logs/ray_down.log" 2>&1 || fail "ray down: $(tail -5 "$RUN/logs/ray_down.log")"
+t0=$SECONDS
+while (( SECONDS - t0 < 150 )); do  # ray down stops the head's Ray; a worker's raylet leaves on its own
+    [[ -z $(ray_processes "${NS[head]}")$(ray_processes "${NS[worker]}") ]] && break
+    sleep 2
+done
+left=$(ray_processes "${NS[head]}")$(ray_processes "${NS[worker]}")
+[[ -z $left ]] || fail "Ray processes still running ${SECONDS}s after ray down:$left"
+echo "ray down: no Ray process left on either host $(( SECONDS - t0 ))s after it returned"
 echo "e2e cluster run: $(( $(date +%s) - STARTED ))s in all"
 echo "runs_lost=$RUNS_LOST"

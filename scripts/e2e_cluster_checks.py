@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 SEARCH_STEPS = 6  # the happy-path jobs: tiny, a few seconds per trial
-LONG_STEPS = 60  # the jobs a host is killed in: long enough to be caught mid-trial
+LONG_STEPS = 600  # the jobs a host is killed in: 15-30 s a trial, long enough to be caught mid-run
 
 
 def _tiny_base(steps: int) -> dict[str, Any]:
@@ -72,10 +72,10 @@ def write_specs(args: argparse.Namespace) -> None:
                      "resources": {"cpu": 1, "gpu": 0}},
         "node_loss": {"name": "e2e_node_loss", "base": _tiny_base(LONG_STEPS), "params": lr, "trials": 6,
                       "concurrency": 2, "scheduler": {"type": "none"}, "resources": {"cpu": 1, "gpu": 0},
-                      "max_failures": 2, "report_every": 5},
+                      "max_failures": 2, "report_every": 10},
         "head_loss": {"name": "e2e_head_loss", "base": _tiny_base(LONG_STEPS), "variants": ["forward", "fixed", "learned"],
                       "adaptive_eta": [False], "baseline": False, "seeds": [0, 1], "concurrency": 2,
-                      "resources": {"cpu": 1, "gpu": 0}, "max_failures": 2},
+                      "resources": {"cpu": 1, "gpu": 0}, "max_failures": 2, "report_every": 10},
     }
     for key, spec in specs.items():
         (folder / f"{key}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -104,8 +104,9 @@ def _host(run) -> str:
 
 
 def wait_for(args: argparse.Namespace) -> None:
-    """Poll MLflow until the moment to kill: a trial on `--host` with `--min-steps` steps logged
-    (and, with --finished, that many children FINISHED). Prints the trial ids then running there."""
+    """Poll MLflow until the moment to kill: a RUNNING child tagged with `--host` (its trial has
+    reported from there: it is mid-run), with `--min-steps` steps already in MLflow (the driver writes
+    them in batches) and, with --finished, that many children FINISHED. Prints the trial ids."""
     deadline = time.time() + args.timeout
     while time.time() < deadline:
         try:
@@ -130,7 +131,9 @@ def verify(args: argparse.Namespace) -> None:
     """
     from ray.tune import ExperimentAnalysis
 
-    parents, children = _children(args.uri, args.experiment)
+    spec = yaml.safe_load(Path(args.spec).read_text())
+    experiment, steps = spec["name"], spec["base"]["engine"]["steps"]
+    parents, children = _children(args.uri, experiment)
     problems: list[str] = []
     if len(parents) != 1 or parents[0].info.status != "FINISHED":
         problems.append(f"parents: {[p.info.status for p in parents]}")
@@ -144,13 +147,13 @@ def verify(args: argparse.Namespace) -> None:
         problems.append(f"{len(by_key)} {key}s, {len(finished)} with one FINISHED child, expected {args.expected}")
     for k, runs in by_key.items():
         for run in runs:
-            steps = _steps(args.uri, run.info.run_id)
-            if len(steps) != len(set(steps)) or not set(range(1, args.steps + 1)) <= set(steps):
-                problems.append(f"{k}: steps {sorted(steps)} (want 1..{args.steps}, each once)")
+            logged = _steps(args.uri, run.info.run_id)
+            if len(logged) != len(set(logged)) or not set(range(1, steps + 1)) <= set(logged):
+                problems.append(f"{k}: {len(logged)} steps logged, {len(set(logged))} distinct (want 1..{steps}, each once)")
     hosts: dict[str, int] = {}
     for child in children:
         hosts[_host(child)] = hosts.get(_host(child), 0) + 1
-    trials = ExperimentAnalysis(str(Path(args.storage) / args.experiment)).trials
+    trials = ExperimentAnalysis(str(Path(args.storage) / experiment)).trials
     retried = sorted(t.trial_id for t in trials if getattr(t, "num_failures", 0) > 0)
     if args.hosts and len([h for h in hosts if h.startswith("bibe2e-")]) < args.hosts:
         problems.append(f"trials ran on {sorted(hosts)}, expected {args.hosts} hosts")
@@ -160,7 +163,7 @@ def verify(args: argparse.Namespace) -> None:
             problems.append(f"trials running on the lost host but not retried: {missed}")
         if not retried:
             problems.append("no trial was retried after the host was lost")
-    print(json.dumps({"experiment": args.experiment, "trials": len(by_key), "finished": len(finished),
+    print(json.dumps({"experiment": experiment, "trials": len(by_key), "finished": len(finished),
                       "per_host": hosts, "retried": len(retried), "runs_lost": lost}))
     if problems:
         sys.exit("e2e: " + "; ".join(problems))
@@ -179,15 +182,14 @@ def main() -> None:
     p = sub.add_parser("wait")
     for flag in ("--uri", "--experiment", "--host"):
         p.add_argument(flag, required=True)
-    p.add_argument("--min-steps", type=int, default=10)
+    p.add_argument("--min-steps", type=int, default=0)
     p.add_argument("--finished", type=int, default=0)
     p.add_argument("--timeout", type=float, default=300)
     p.set_defaults(func=wait_for)
     p = sub.add_parser("verify")
-    for flag in ("--uri", "--experiment", "--storage"):
+    for flag in ("--uri", "--spec", "--storage"):
         p.add_argument(flag, required=True)
     p.add_argument("--expected", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True)
     p.add_argument("--cells", action="store_true")
     p.add_argument("--hosts", type=int, default=0)
     p.add_argument("--lost-trials", default="")
