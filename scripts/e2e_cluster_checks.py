@@ -75,7 +75,7 @@ def write_specs(args: argparse.Namespace) -> None:
                       "max_failures": 2, "report_every": 10},
         "head_loss": {"name": "e2e_head_loss", "base": _tiny_base(LONG_STEPS), "variants": ["forward", "fixed", "learned"],
                       "adaptive_eta": [False], "baseline": False, "seeds": [0, 1], "concurrency": 2,
-                      "resources": {"cpu": 1, "gpu": 0}, "max_failures": 2, "report_every": 10},
+                      "resources": {"cpu": 1, "gpu": 0}, "max_failures": 2},
     }
     for key, spec in specs.items():
         (folder / f"{key}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
