@@ -287,7 +287,7 @@ submit e2e-head-loss-resume ablate "$RUN/specs/head_loss.yaml" --output "$ROOT_H
 wait_job e2e-head-loss-resume 600
 verify "ablation resumed after head loss" --spec "$RUN/specs/head_loss.yaml" --expected 6 --cells
 if wait_nodes 2 180; then
-    echo "worker back after its reboot: ray status shows 2 nodes $(( SECONDS - t0 ))s after it booted"
+    echo "worker back after its reboot: ray status shows 2 nodes (checked $(( SECONDS - t0 ))s after the boot, the head's loss in between)"
 else
     fail "the autoscaler did not bring the rebooted worker back: $(cat "$RUN/logs/ray_status.txt")"
 fi
