@@ -16,7 +16,7 @@
 # Prints seconds to `ray up`, trials per host, trials retried and, last, `runs_lost=<n>`; exits
 # non-zero when a step fails. Everything it starts is stopped by pid or by deleting its namespaces.
 #
-#   sudo scripts/e2e_cluster.sh            # about 5 minutes on 2 cores
+#   sudo scripts/e2e_cluster.sh            # 12 minutes on 2 busy cores
 #   BIB_RAY_E2E_KEEP=1 scripts/e2e_cluster.sh   # keep the run folder (logs, mlruns.db) afterwards
 set -euo pipefail
 
