@@ -342,6 +342,15 @@ def test_start_commands(name):
     assert any(WORKER_START in cmd for cmd in worker[1:])
 
 
+
+def test_onprem_head_runs_the_v1_autoscaler():
+    """`ray up` (Ray >= 2.50) exports RAY_enable_autoscaler_v2=1 before the head's start command; with the
+    local provider v2 never started the worker_ips (scripts/e2e_cluster.sh found it), so the on-prem
+    head's `ray start` sets it back to 0 for itself, after ray up's export."""
+    head = load(ONPREM)["head_start_ray_commands"]
+    start = next(cmd for cmd in head if HEAD_START in cmd)
+    assert "RAY_enable_autoscaler_v2=0 ray start --head" in start
+
 @pytest.mark.parametrize("name", FILES)
 def test_header_lists_the_commands(name):
     path = FILES[name]
