@@ -1,5 +1,7 @@
 """Crashes and interrupts: SIGKILL of the driver then --resume, a worker dying mid-trial, NaN
-losses, Ctrl-C. MLflow must end with one FINISHED child per trial and nothing left RUNNING."""
+losses, Ctrl-C. MLflow must end with one FINISHED child per trial and nothing left RUNNING.
+
+All but the NaN test take minutes each: they are in the slow set (scripts/run_slow_tests.sh)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def _search_args(root: Path, uri: str) -> list[str]:
             "--best-output", str(root / "best.yaml")]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_finishes_remaining_trials(tmp_path, observed):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     uri = f"sqlite:///{tmp_path}/mlruns.db"
@@ -103,6 +106,7 @@ def _steps(uri: str, run_id: str, metric: str = "forward_loss") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
 
 
+@pytest.mark.slow
 def test_ablation_sigkill_then_resume(tmp_path, observed):
     plan = {"name": "reliable_plan", "base": SLOW_BASE, "variants": ["forward", "fixed", "learned"],
             "adaptive_eta": [False], "baseline": False, "seeds": [0, 1], "concurrency": 2}
@@ -141,6 +145,7 @@ def test_ablation_sigkill_then_resume(tmp_path, observed):
     observed.record(LOST, "ablate", 6 - sum(c.info.status == "FINISHED" for c in children))
 
 
+@pytest.mark.slow
 def test_worker_crash_is_retried(tmp_path, observed):
     space = {**SPACE, "name": "crashy_search", "trials": 2, "max_failures": 2,
              "base": {**SLOW_BASE, "engine": {**SLOW_BASE["engine"], "steps": 30}}}
@@ -194,6 +199,7 @@ def _check_whole(uri: str, child, steps: int) -> list[int]:
     return logged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["search", "ablate"])
 def test_ctrl_c_to_the_process_group_then_resume(tmp_path, command, observed):
     """Ctrl-C as a terminal sends it (SIGINT to the driver's whole process group, Ray's processes
