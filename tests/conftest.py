@@ -14,6 +14,7 @@ torch.set_num_threads(1)
 from bib_ray.proxy.lm_proxy import LMProxy  # noqa: E402
 from bib_ray.proxy.small_lm import SmallLMConfig, build_small_bert  # noqa: E402
 from bib_ray.tasks.base import Task  # noqa: E402
+from observed import OBSERVED  # noqa: E402
 
 TINY = SmallLMConfig(hidden=16, layers=1, heads=2, intermediate=32, steps=0)
 
@@ -61,3 +62,18 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own LM/embedding cache and MLflow store location."""
     monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def observed():
+    """Where a test records what it saw (bad-input cases, crash recoveries, runs lost)."""
+    return OBSERVED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the observed counts (only kinds some test recorded in this session)."""
+    lines = OBSERVED.summary_lines()
+    if lines:
+        terminalreporter.section("observed by the tests")
+        for line in lines:
+            terminalreporter.write_line(line)

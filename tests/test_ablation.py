@@ -123,4 +123,4 @@ BAD_PLANS = [
 def test_bad_plan_is_one_line_error(tmp_path, change, needle):
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump({**PLAN, **change}))
     proc = run_cli(["ablate", "plan.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path)
-    assert_one_line_error(proc, needle)
+    assert_one_line_error(proc, needle, store=tmp_path / "m.db")

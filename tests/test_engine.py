@@ -110,7 +110,12 @@ def test_adaptive_eta_stays_in_bounds(setting):
 
 
 def test_deterministic_for_seed(setting):
-    a, _ = _run(setting, EngineConfig(variant="learned", seed=4, aux_hidden=8))
-    b, _ = _run(setting, EngineConfig(variant="learned", seed=4, aux_hidden=8))
+    a, engine_a = _run(setting, EngineConfig(variant="learned", seed=4, aux_hidden=8))
+    b, engine_b = _run(setting, EngineConfig(variant="learned", seed=4, aux_hidden=8))
     assert all(torch.equal(x.designs, y.designs) and torch.equal(x.forward_loss, y.forward_loss)
-               for x, y in zip(a, b))
+               and torch.equal(x.gamma, y.gamma) for x, y in zip(a, b))
+    assert torch.equal(engine_a.z, engine_b.z)
+    # A different seed draws other start noise: the logits (and so the learned gammas) differ.
+    c, engine_c = _run(setting, EngineConfig(variant="learned", seed=5, aux_hidden=8))
+    assert not torch.equal(engine_a.z, engine_c.z)
+    assert not torch.equal(a[-1].gamma, c[-1].gamma)

@@ -159,14 +159,17 @@ def run_search_command(args: argparse.Namespace) -> int:
         print("no trial finished with a finite metric; see the MLflow runs' failed_reason tags", file=sys.stderr)
         return 1
     m = outcome.best_metrics
-    print(f"best trial {m.get('trial_id')}: {space.metric} = {m.get(space.result_key):.4f}")
+    seeds = ", ".join(map(str, space.seeds))
+    scored = f"mean over seeds {seeds}" if len(space.seeds) > 1 else f"seed {seeds}"
+    print(f"best trial {m.get('trial_id')}: {space.metric} = {m.get(space.result_key):.4f} ({scored})")
     for key in ("normalized_max", "normalized_median", "offline_proxy_mean", "mean_edit_distance"):
         if key in m:
             print(f"  {key:<20} {m[key]:.4f}")
     print("best config:")
     for key in space.params:
         print(f"  {key} = {_get(outcome.best_spec, key)}")
-    print(f"wrote {args.best_output} (bib-ray run --config {args.best_output}); MLflow parent run "
+    print(f"wrote {args.best_output} with seed {space.seeds[0]} (bib-ray run --config {args.best_output} re-runs "
+          f"that one seed{'; the scores above are seed means' if len(space.seeds) > 1 else ''}); MLflow parent run "
           f"{outcome.job.parent_id} at {uri}")
     return 0
 

@@ -213,6 +213,11 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         raise BibInputError("--resume", f"nothing to resume in {path}", "run once without --resume")
     if not resume and path.exists():
         shutil.rmtree(path)  # a fresh run; MLflow keeps the old runs
+    try:  # before any MLflow run is opened or reopened, so a bad folder leaves none RUNNING
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BibInputError("--storage", f"cannot create the experiment folder {path} ({err.strerror})",
+                            "give a folder you can write to") from None
     parent_id = _parent_run(job, path, resume)
     callback = MLflowTrialCallback(job.store, parent_id, {"bib_ray.kind": job.kind, "bib_ray.name": job.name,
                                                            **job.parent_tags})

@@ -1,0 +1,39 @@
+"""What the tests observed, counted as they observe it and printed once at the end of the session.
+
+Why: the suite's closing lines ("bad-input cases", "crash recoveries", "runs lost") must be figures the
+tests measured, not text written in. A test records a case only after its assertions passed, so a
+count says how many cases were seen to behave; ``runs lost`` is summed from what each crash test
+found in MLflow after recovering. Nothing here depends on the order tests run in: the summary is built
+in ``pytest_terminal_summary`` (conftest.py) from whatever was recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Observed:
+    """Counters by kind and label."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter] = {}
+
+    def record(self, kind: str, label: str, amount: int = 1) -> None:
+        """Add ``amount`` observations of ``kind`` (e.g. "bad input") under ``label`` (e.g. "search")."""
+        self.counts.setdefault(kind, Counter())[label] += amount
+
+    def total(self, kind: str, label: str | None = None) -> int:
+        counter = self.counts.get(kind, Counter())
+        return counter[label] if label is not None else sum(counter.values())
+
+    def summary_lines(self) -> list[str]:
+        """One line per kind: the total and its split by label."""
+        lines = []
+        for kind in sorted(self.counts):
+            counter = self.counts[kind]
+            split = ", ".join(f"{label}: {n}" for label, n in sorted(counter.items()))
+            lines.append(f"{kind}: {sum(counter.values())} ({split})")
+        return lines
+
+
+OBSERVED = Observed()

@@ -1,0 +1,94 @@
+"""A search with the scheduler shipped in ``search_spaces/bib_default.yaml`` (ASHA), at tiny size.
+
+Every other Tune test runs ``scheduler: none``; here ASHA must really stop trials, the stopped trials
+must end as FINISHED MLflow children tagged ``stopped`` with their steps logged once, and the best
+trial must be the best of the trials that ran to the end, as read from Tune's result grid.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bib_ray.distributed.search import run_search
+from bib_ray.distributed.space import parse_search_space
+from bib_ray.distributed.trainable import trial_spec
+from bib_ray.spec import load_run_spec
+from bib_ray.tracking.store import Store
+
+from helpers import TINY_BASE, ray_session_with_cache
+
+SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces" / "bib_default.yaml"
+STEPS = 10
+
+
+def asha_space(name: str, trials: int = 8) -> dict:
+    """bib_default.yaml with its scheduler (ASHA, reduction factor as shipped), its lr and ridge ranges,
+    and tiny settings: the tiny LM, 10 steps, a grace period of 2 steps and a report every step."""
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    assert shipped["scheduler"]["type"] == "asha"
+    return {**shipped, "name": name, "trials": trials, "concurrency": 2, "report_every": 1,
+            "base": {**TINY_BASE, "engine": {**TINY_BASE["engine"], "steps": STEPS}},
+            "params": {k: shipped["params"][k] for k in ("engine.lr", "engine.beta_scale")},
+            "metric": "oracle_mean",  # the designs' mean moves with every change; their max ties often
+            "scheduler": {**shipped["scheduler"], "grace_period": 2}}
+
+
+@pytest.fixture(scope="module")
+def asha_run(tmp_path_factory):
+    with ray_session_with_cache(tmp_path_factory.mktemp("asha")) as root:
+        space = parse_search_space(asha_space("asha_search"), "space")
+        uri = f"sqlite:///{root}/mlruns.db"
+        outcome = run_search(space, uri, storage=str(root / "runs"), best_output=root / "best.yaml")
+        yield space, uri, outcome, root
+
+
+def _stopped(results) -> list:
+    return [r for r in results if not r.error and not r.metrics.get("final")]
+
+
+def _complete(results) -> list:
+    return [r for r in results if not r.error and r.metrics.get("final")]
+
+
+def test_asha_stops_some_trials(asha_run):
+    _, _, outcome, _ = asha_run
+    results = list(outcome.job.results)
+    assert len(results) == 8 and not any(r.error for r in results)
+    stopped, complete = _stopped(results), _complete(results)
+    assert stopped, "ASHA stopped no trial"
+    assert complete, "ASHA stopped every trial"
+    for result in stopped:
+        assert result.metrics["step"] < STEPS  # cut before the end, at a rung
+        assert result.metrics["step"] in (2, 4, 8)
+
+
+def test_stopped_trials_are_finished_children_with_steps_once(asha_run):
+    space, uri, outcome, _ = asha_run
+    store = Store(uri, space.name)
+    children = {c.data.tags["trial_id"]: c for c in store.children(outcome.job.parent_id)}
+    assert len(children) == 8 and {c.info.status for c in children.values()} == {"FINISHED"}
+    for result in outcome.job.results:
+        child = children[result.metrics["trial_id"]]
+        steps = [m.step for m in store.client.get_metric_history(child.info.run_id, "normalized_mean")]
+        assert len(steps) == len(set(steps)), steps
+        if result.metrics.get("final"):
+            assert "stopped" not in child.data.tags and "design_seconds" in child.data.metrics
+            assert sorted(steps) == list(range(1, STEPS + 2))
+        else:
+            assert "early stopping" in child.data.tags["stopped"] and "design_seconds" not in child.data.metrics
+            assert sorted(steps) == list(range(1, result.metrics["step"] + 1))
+
+
+def test_best_trial_is_the_best_complete_one_in_the_result_grid(asha_run):
+    space, uri, outcome, root = asha_run
+    complete = _complete(outcome.job.results)
+    best = max(complete, key=lambda r: r.metrics["normalized_mean"])
+    assert outcome.best_metrics["trial_id"] == best.metrics["trial_id"]
+    assert load_run_spec(root / "best.yaml") == trial_spec(best.config).with_updates({"engine.seed": 0})
+    parent = Store(uri, space.name).client.get_run(outcome.job.parent_id)
+    assert parent.data.tags["best_trial_id"] == best.metrics["trial_id"]
+    assert math.isclose(parent.data.metrics["best.normalized_mean"], best.metrics["normalized_mean"], rel_tol=1e-12)
