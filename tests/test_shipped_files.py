@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bib_ray.distributed.space import lm_seed_list
 from bib_ray.distributed.plan import expand_cells, load_plan
 from bib_ray.distributed.search import default_lm_variants, validate_against_task
 from bib_ray.distributed.space import Categorical, IntRange, load_search_space
@@ -61,7 +62,8 @@ def test_ablation_plan_file_is_valid(path):
     cells = expand_cells(plan, base)
     tasks = plan.tasks or [base.task]
     variants = set(plan.variants) | ({"grad"} if plan.baseline else set())
-    assert len(cells) == len(tasks) * len(variants) * len(plan.adaptive_eta) * len(plan.seeds)
+    lm_seeds = lm_seed_list(plan.lm_seeds, base)
+    assert len(cells) == len(tasks) * len(variants) * len(plan.adaptive_eta) * len(lm_seeds) * len(plan.seeds)
     assert len({c.key for c in cells}) == len(cells) and len({c.name for c in cells}) == len(cells)
     stated = _stated_cell_count(path)
     if stated is not None:  # the file's own comment promises a cell count
@@ -69,6 +71,7 @@ def test_ablation_plan_file_is_valid(path):
     seen = set()
     for cell in cells:
         assert cell.spec.engine.variant in variants and cell.spec.engine.seed in plan.seeds
+        assert base.lm or cell.spec.lm_pretrain.seed in lm_seeds
         if cell.spec.task.key() not in seen:
             seen.add(cell.spec.task.key())
             validate_spec(cell.spec)  # task, options, designs vs the offline set, device

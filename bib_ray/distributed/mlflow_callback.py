@@ -143,6 +143,7 @@ class MLflowTrialCallback(Callback):
             if cell:
                 tags["cell"] = cell
                 tags["cell_key"] = trial.config["cell"].get("key", "")
+                tags["task_label"] = trial.config["cell"].get("task_label") or spec.task.name
             run_id = self.store.create_run(cell or f"trial-{trial_id}", tags, self.parent_id)
             params = flatten(spec.model_dump(mode="json"))
             params["seeds"] = tags["seed"]

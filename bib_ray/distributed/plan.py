@@ -187,10 +187,22 @@ class Cell:
     key: str
     updates: dict[str, Any]
     spec: RunSpec
+    task_label: str = ""
 
     def as_config(self) -> dict[str, Any]:
         """What the trainable receives under ``cell``."""
-        return {"name": self.name, "key": self.key, "updates": self.updates}
+        return {"name": self.name, "key": self.key, "updates": self.updates, "task_label": self.task_label}
+
+
+def task_labels(tasks: list[TaskSpec]) -> list[str]:
+    """A short, distinct label per task: its name, plus the values of the options in which it differs from
+    the plan's other tasks of that name (``tfbind8:FOXC1_REF_R1``), so a panel's tables never merge."""
+    labels = []
+    for task in tasks:
+        same = [t for t in tasks if t.name == task.name]
+        keys = sorted({k for t in same for k in t.options if any(o.options.get(k) != t.options.get(k) for o in same)})
+        labels.append(task.name + (":" + ",".join(str(task.options.get(k)) for k in keys) if keys else ""))
+    return labels
 
 
 def _matches(match: dict[str, Any], values: dict[str, Any]) -> bool:
@@ -204,6 +216,7 @@ def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
     lm_seeds = lm_seed_list(plan.lm_seeds, base)
     plan.reference_label  # noqa: B018 - a bad reference fails here, before Ray or MLflow start
     cells = []
+    labels = dict(zip((t.key() for t in tasks), task_labels(list(tasks))))
     for task, variant, eta, lm_seed, seed in itertools.product(tasks, variants, plan.adaptive_eta, lm_seeds,
                                                                plan.seeds):
         updates: dict[str, Any] = {"task.name": task.name, "task.options": dict(task.options),
@@ -218,8 +231,8 @@ def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
         digest = hashlib.sha256(json.dumps([plan.name, spec.model_dump(mode="json")],
                                            sort_keys=True).encode()).hexdigest()[:16]
         lm_part = "" if lm_seed is None else f"/lm{lm_seed}"
-        label = f"{task.name}/{variant}{'+eta' if eta else ''}{lm_part}/seed{seed}"
-        cells.append(Cell(name=label, key=digest, updates=updates, spec=spec))
+        label = f"{labels[task.key()]}/{variant}{'+eta' if eta else ''}{lm_part}/seed{seed}"
+        cells.append(Cell(name=label, key=digest, updates=updates, spec=spec, task_label=labels[task.key()]))
     return cells
 
 

@@ -114,6 +114,9 @@ def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, di
     if best is None:
         return None, {}
     spec = trial_spec(best.config).with_updates({"engine.seed": space.seeds[0]})
+    first_lm = lm_seed_list(space.lm_seeds, spec)[0]
+    if first_lm is not None:
+        spec = spec.with_updates({"lm_pretrain.seed": first_lm})
     return spec, dict(best.metrics)
 
 
@@ -160,7 +163,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         return 1
     m = outcome.best_metrics
     seeds = ", ".join(map(str, space.seeds))
-    scored = f"mean over seeds {seeds}" if len(space.seeds) > 1 else f"seed {seeds}"
+    lm_seeds = [s for s in lm_seed_list(space.lm_seeds, space.base) if s is not None]
+    several = len(space.seeds) > 1 or len(lm_seeds) > 1
+    scored = f"seed {seeds}" if not several else f"mean over seeds {seeds}"
+    if len(lm_seeds) > 1:
+        scored += f" x LM seeds {', '.join(map(str, lm_seeds))}"
     print(f"best trial {m.get('trial_id')}: {space.metric} = {m.get(space.result_key):.4f} ({scored})")
     for key in ("normalized_max", "normalized_median", "offline_proxy_mean", "mean_edit_distance"):
         if key in m:
@@ -168,8 +175,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     print("best config:")
     for key in space.params:
         print(f"  {key} = {_get(outcome.best_spec, key)}")
-    print(f"wrote {args.best_output} with seed {space.seeds[0]} (bib-ray run --config {args.best_output} re-runs "
-          f"that one seed{'; the scores above are seed means' if len(space.seeds) > 1 else ''}); MLflow parent run "
+    which = f"seed {space.seeds[0]}" + (f", LM seed {lm_seeds[0]}" if len(lm_seeds) > 1 else "")
+    print(f"wrote {args.best_output} with {which} (bib-ray run --config {args.best_output} re-runs "
+          f"that one run{'; the scores above are means' if several else ''}); MLflow parent run "
           f"{outcome.job.parent_id} at {uri}")
     return 0
 

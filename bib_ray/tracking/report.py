@@ -162,7 +162,7 @@ def _lm_seed(value: str | None) -> int | str | None:
 
 def _row(run) -> dict[str, Any]:
     tags = run.data.tags
-    return {"run_id": run.info.run_id, "task": tags.get("task", "?"),
+    return {"run_id": run.info.run_id, "task": tags.get("task_label") or tags.get("task", "?"),
             "variant": variant_label(tags.get("variant", "?"), tags.get("adaptive_eta", "false")),
             "seed": _seed(tags.get("seed")), "lm_seed": _lm_seed(tags.get("lm_seed")),
             "lm": run.data.params.get("lm") or "default", "lm_fingerprint": tags.get("lm_fingerprint", ""),
@@ -193,7 +193,7 @@ def collect_cells(client_or_store: Any, parent_id: str, children: Iterable | Non
             continue
         tags = run.data.tags
         key = (("key", tags["cell_key"]) if tags.get("cell_key") else
-               ("cell", tags.get("task"), variant_label(tags.get("variant", "?"), tags.get("adaptive_eta")),
+               ("cell", tags.get("task_label") or tags.get("task"), variant_label(tags.get("variant", "?"), tags.get("adaptive_eta")),
                 tags.get("lm_seed"), tags.get("seed")))
         order = (run.info.start_time or 0, run.info.end_time or 0, run.info.run_id)
         if key not in newest or order > newest[key][0]:
