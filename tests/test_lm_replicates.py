@@ -130,6 +130,7 @@ def test_table_csv_has_interval_columns_and_across_tasks(synthetic):
     assert float(rows[0]["median_ci_low"]) == report.summary[0]["median_ci_low"]
     assert "[" in report.markdown.splitlines()[2] and "3x3" in report.markdown.splitlines()[2]
     assert "t interval over LM-seed means" in report.markdown
+    assert "given by the plan" not in report.markdown  # the default LM (MLflow logs lm: None as "None")
     # Across tasks: mean rank of the median per variant, as scipy ranks each task's means.
     ranks = {}
     for task in TASKS:

@@ -160,12 +160,17 @@ def _lm_seed(value: str | None) -> int | str | None:
     return _seed(value)
 
 
+def _explicit_lm(param: str | None) -> str:
+    """The ``lm`` param as logged (MLflow stores ``None`` as the text "None"): ``default`` for bib-ray's LM."""
+    return "default" if param in (None, "", "None", "null") else param
+
+
 def _row(run) -> dict[str, Any]:
     tags = run.data.tags
     return {"run_id": run.info.run_id, "task": tags.get("task_label") or tags.get("task", "?"),
             "variant": variant_label(tags.get("variant", "?"), tags.get("adaptive_eta", "false")),
             "seed": _seed(tags.get("seed")), "lm_seed": _lm_seed(tags.get("lm_seed")),
-            "lm": run.data.params.get("lm") or "default", "lm_fingerprint": tags.get("lm_fingerprint", ""),
+            "lm": _explicit_lm(run.data.params.get("lm")), "lm_fingerprint": tags.get("lm_fingerprint", ""),
             "cell": tags.get("cell", run.info.run_name or ""), "status": run.info.status,
             "metrics": dict(run.data.metrics)}
 
