@@ -26,9 +26,10 @@ from bib_ray.core.engine import BIBEngine, initial_logits
 from bib_ray.core.ridge import OfflineFit, backward_loss, forward_loss, forward_prediction
 
 
-def one_hot_embed(probs: torch.Tensor) -> torch.Tensor:
-    """The flattened (soft) one-hot: a linear kernel on it is an additive, per-position model."""
-    return probs.flatten(1)
+def one_hot_embed(designs) -> torch.Tensor:
+    """The flattened (soft) one-hot: a linear kernel on it is an additive, per-position model. The engine
+    hands its proxy a relaxation record (``letters`` is what a one-letter-per-token LM reads)."""
+    return getattr(designs, "letters", designs).flatten(1)
 
 
 @pytest.fixture()
