@@ -65,7 +65,16 @@ def test_changing_the_lm_files_changes_the_fingerprint(tmp_path):
     _save_lm(lm, shift=0.01)  # same file names and sizes, other weights
     second = LMProxy.load(str(lm), "ACDE").fingerprint()
     assert second != first
-    (lm / "config.json").write_text((lm / "config.json").read_text().replace('"hidden_act"', ' "hidden_act"'))
+    # The fingerprint is of what runs (tensors and config), not of the file's bytes: a layout-only edit
+    # keeps it, a change of what the tensors are run through does not.
+    text = (lm / "config.json").read_text()
+    (lm / "config.json").write_text(text.replace('"hidden_act"', ' "hidden_act"'))
+    assert LMProxy.load(str(lm), "ACDE").fingerprint() == second
+    import json
+
+    config = json.loads(text)
+    config["hidden_act"] = "relu" if config.get("hidden_act") != "relu" else "gelu"
+    (lm / "config.json").write_text(json.dumps(config))
     assert LMProxy.load(str(lm), "ACDE").fingerprint() not in (first, second)
 
 

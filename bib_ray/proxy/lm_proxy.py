@@ -9,6 +9,7 @@ phi(x) is the mean of the last hidden states over the real (non-special) positio
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -96,8 +97,8 @@ class LMProxy:
         return cls(model, tokenizer, alphabet, source, device)
 
     def fingerprint(self) -> str:
-        """Hash of the loaded encoder's tensors (names, shapes, dtypes, values), the alphabet and the token
-        map: the LM's provenance in every run record, and the key of the embedding and auxiliary caches.
+        """Hash of the loaded encoder's tensors (names, shapes, dtypes, values), its config (what the
+        tensors are run through: activation, norms), the alphabet and the token map: the LM's provenance in every run record, and the key of the embedding and auxiliary caches.
 
         Why the tensors and not the path: the same folder can hold other weights tomorrow (a re-trained or
         copied LM), and the same weights can sit in two folders; only the values say which LM ran. A pooler
@@ -112,6 +113,9 @@ class LMProxy:
             data = tensor.detach().to("cpu").contiguous()
             digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
             digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        config = {k: v for k, v in self.model.config.to_dict().items()
+                   if k not in ("_name_or_path", "transformers_version", "_commit_hash", "name_or_path")}
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())  # activation, norms, ...
         digest.update(self.alphabet.encode())
         digest.update(repr((self.tokens.k, self.tokens.token_ids, self.tokens.prefix_ids,
                             self.tokens.suffix_ids)).encode())
