@@ -39,9 +39,10 @@ def _landscape(n: int = 80, length: int = 6, seed: int = 0) -> tuple[list[str], 
 
 
 def _base(task: dict) -> dict:
-    # More start noise than the default, so that seeds can design differently (with lr 0.7 they do).
+    # Start logits noisier than the residue swap, so each seed starts (and designs) from other sequences,
+    # whatever the tiny LM: the seed-mean checks below are then never vacuous.
     return {**TINY_BASE, "task": task, "engine": {**TINY_BASE["engine"], "designs": 8, "steps": STEPS,
-                                                  "init_noise": 0.5}}
+                                                  "init_noise": 3.0}}
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +87,12 @@ def test_best_is_the_lowest_seed_mean_and_the_output_says_so(no_oracle):
     finals = {c.data.tags["trial_id"]: c.data.metrics["offline_proxy_mean"] for c in children}
     expected = min(finals, key=finals.get)
     trial, value, scored = _printed_best(no_oracle["stdout"])
-    assert trial == expected and max(finals.values()) > min(finals.values())
+    # Trials that drew the same rate tie exactly; the printed best must hold the lowest value.
+    assert finals[trial] == finals[expected] and max(finals.values()) > min(finals.values())
     assert value == pytest.approx(finals[expected], abs=5e-5)
     assert scored == "mean over seeds 0, 1"
     assert "with seed 0 (" in no_oracle["stdout"] and "re-runs that one run; the scores above are means" in no_oracle["stdout"]
-    assert parent.data.tags["best_trial_id"] == expected and parent.data.tags["benchmark_mode"] == "false"
+    assert parent.data.tags["best_trial_id"] == trial and parent.data.tags["benchmark_mode"] == "false"
 
 
 def test_printed_score_is_the_seed_mean_and_best_yaml_reruns_seed_0(no_oracle):
