@@ -43,46 +43,11 @@ LOGGED = ("spearman_median", "spearman_max", "kendall_median", "regret_top1")
 
 
 # --- finding the parent ----------------------------------------------------------------------------
-def is_report_parent(run) -> bool:
-    """A search's or an ablation's parent run (kind tag, no parent of its own)."""
-    from bib_ray.tracking.report import KIND_TAG, PARENT_TAG
-
-    return run.data.tags.get(KIND_TAG) in PARENT_KINDS and PARENT_TAG not in run.data.tags
-
-
 def find_report_parent(client, target: str):
     """The parent run of a search or an ablation, by run id or by name (the newest parent of that name)."""
-    from mlflow.exceptions import MlflowException
+    from bib_ray.tracking.report import find_parent
 
-    from bib_ray.tracking.report import (_RUN_ID, KIND_TAG, NAME_TAG, PARENT_TAG, _all_experiment_ids, _quote,
-                                         _search_all)
-
-    target = str(target).strip()
-    if not target:
-        raise BibInputError("target", "is empty", FIND_FIX)
-    if _RUN_ID.match(target):
-        try:
-            run = retrying(lambda: client.get_run(target))
-        except MlflowException as err:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code) and "not found" not in str(err).lower():
-                raise
-            run = None
-        if run is not None and run.info.lifecycle_stage == "deleted":
-            raise BibInputError("target", f"run {target} is deleted", "restore it in the MLflow UI, or " + FIND_FIX)
-        if run is not None:
-            if is_report_parent(run):
-                return run
-            parent = run.data.tags.get(PARENT_TAG)
-            hint = f"; it is a trial or cell of parent run {parent}" if parent else ""
-            raise BibInputError("target", f"run {target} is not a search or ablation parent run{hint}", FIND_FIX)
-    ids = _all_experiment_ids(client)
-    found = []
-    for kind in PARENT_KINDS:
-        found += _search_all(client, ids, f"tags.`{KIND_TAG}` = '{kind}' and tags.`{NAME_TAG}` = {_quote(target)}")
-    found = [r for r in found if is_report_parent(r)]
-    if not found:
-        raise BibInputError("target", f"no search or ablation parent run with id or name {target!r}", FIND_FIX)
-    return max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return find_parent(client, target, kinds=PARENT_KINDS, fix=FIND_FIX)
 
 
 # --- rows --------------------------------------------------------------------------------------------

@@ -97,23 +97,34 @@ def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
     return runs
 
 
+KIND_MEMBERS = {"search": "trial", "ablation": "cell"}  # a parent's kind -> what its children are
+
+
+def is_parent(run, kinds: tuple[str, ...]) -> bool:
+    """A parent run of one of ``kinds``: the kind tag (which its children carry too) and no parent of its own."""
+    return run.data.tags.get(KIND_TAG) in kinds and PARENT_TAG not in run.data.tags
+
+
 def is_ablation_parent(run) -> bool:
-    """An ablation's parent: the kind tag (which its cells carry too) and no parent of its own."""
-    return run.data.tags.get(KIND_TAG) == "ablation" and PARENT_TAG not in run.data.tags
+    """An ablation's parent run."""
+    return is_parent(run, ("ablation",))
 
 
-def find_parent(client_or_store: Any, target: str):
-    """The ablation's parent run, from its run id or its name (the most recent parent of that name).
+def find_parent(client_or_store: Any, target: str, kinds: tuple[str, ...] = ("ablation",), fix: str = FIND_FIX):
+    """The parent run of one of ``kinds``, from its run id or its name (the most recent parent of that name).
 
     Why both: a user remembers the plan name; a script holds the run id; a re-run of the same plan makes
-    a new parent, and the newest is the one meant.
+    a new parent, and the newest is the one meant. ``fix`` is the hint every error carries.
     """
     from mlflow.exceptions import MlflowException
 
     client = _client(client_or_store)
+    order = [kind for kind in KIND_MEMBERS if kind in kinds]
+    noun = " or ".join(order)
+    members = " or ".join(KIND_MEMBERS[kind] for kind in order)
     target = str(target).strip()
     if not target:
-        raise BibInputError("target", "is empty", FIND_FIX)
+        raise BibInputError("target", "is empty", fix)
     if _RUN_ID.match(target):
         try:
             run = retrying(lambda: client.get_run(target))
@@ -122,20 +133,23 @@ def find_parent(client_or_store: Any, target: str):
                 raise
             run = None
         if run is not None and run.info.lifecycle_stage == "deleted":
-            raise BibInputError("target", f"run {target} is deleted", "restore it in the MLflow UI, or " + FIND_FIX)
+            raise BibInputError("target", f"run {target} is deleted", "restore it in the MLflow UI, or " + fix)
         if run is not None:
-            if is_ablation_parent(run):
+            if is_parent(run, kinds):
                 return run
             parent = run.data.tags.get(PARENT_TAG)
-            hint = f"; it is a cell of parent run {parent}" if parent else ""
-            raise BibInputError("target", f"run {target} is not an ablation parent run{hint}", FIND_FIX)
-    filter_string = f"tags.`{KIND_TAG}` = 'ablation' and tags.`{NAME_TAG}` = {_quote(target)}"
+            hint = f"; it is a {members} of parent run {parent}" if parent else ""
+            article = "an" if noun[0] in "aeiou" else "a"
+            raise BibInputError("target", f"run {target} is not {article} {noun} parent run{hint}", fix)
     # Every experiment: the driver names its experiment after the plan, but a user may have moved runs
     # or reused a name under another experiment; the newest parent wins wherever it is.
-    found = [r for r in _search_all(client, _all_experiment_ids(client), filter_string)
-             if is_ablation_parent(r)]
+    ids = _all_experiment_ids(client)
+    found = []
+    for kind in order:
+        filter_string = f"tags.`{KIND_TAG}` = '{kind}' and tags.`{NAME_TAG}` = {_quote(target)}"
+        found += [r for r in _search_all(client, ids, filter_string) if is_parent(r, kinds)]
     if not found:
-        raise BibInputError("target", f"no ablation parent run with id or name {target!r}", FIND_FIX)
+        raise BibInputError("target", f"no {noun} parent run with id or name {target!r}", fix)
     return max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
