@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 
 from bib_ray.errors import BibInputError
-from bib_ray.tasks.base import Task, validate_offline
+from bib_ray.tasks.base import Task, lower_half_offline
 
 DATA_FILE = "aav2_single_subs.npz"
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -109,14 +109,7 @@ class AAVTask(Task):
                                 "choose another window or phenotype")
 
         x = self._draw_mutants(np.random.default_rng(seed))
-        _, first = np.unique(x, axis=0, return_index=True)
-        x = x[np.sort(first)]  # dedupe, keeping draw order
-        y = self.oracle(x)
-        keep = np.sort(np.argsort(y, kind="stable")[: len(y) // 2])
-        self.offline_x, self.offline_y = x[keep], y[keep]
-        self.offline_x.setflags(write=False)
-        self.offline_y.setflags(write=False)
-        validate_offline(self.offline_x, self.offline_y, field=self.name)
+        self.offline_x, self.offline_y = lower_half_offline(x, self.oracle, field=self.name)
 
     def _draw_mutants(self, rng: np.random.Generator) -> np.ndarray:
         """n_samples wild-type windows with 1..8 substitutions each at distinct positions."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import numpy as np
 
@@ -93,6 +94,21 @@ class Task(ABC):
                                 f"use --designs {n} or fewer")
         order = np.argsort(self.offline_y, kind="stable")
         return order[n - m:]
+
+
+def lower_half_offline(x: np.ndarray, oracle: Callable[[np.ndarray], np.ndarray], field: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The design-bench protocol for drawn data: drop repeated sequences (keeping draw order), score them,
+    keep the lower-scoring half (stable on ties, in draw order), frozen and checked."""
+    _, first = np.unique(x, axis=0, return_index=True)
+    x = x[np.sort(first)]
+    y = oracle(x)
+    keep = np.sort(np.argsort(y, kind="stable")[: len(y) // 2])
+    x, y = x[keep], y[keep]
+    x.setflags(write=False)
+    y.setflags(write=False)
+    validate_offline(x, y, field=field)
+    return x, y
 
 
 def validate_offline(x: np.ndarray, y: np.ndarray, field: str, min_size: int = 8) -> None:

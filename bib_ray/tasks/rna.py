@@ -27,7 +27,7 @@ from types import ModuleType
 import numpy as np
 
 from bib_ray.errors import BibInputError
-from bib_ray.tasks.base import Task, validate_offline
+from bib_ray.tasks.base import Task, lower_half_offline
 
 DATA_FILE = "rna_binding.json"
 RNA_LETTERS = "ACGU"
@@ -210,14 +210,7 @@ class RNATask(Task):
         self.n_samples = n_samples or auto_draw_size(self.length, len(self.targets))
 
         x = self._draw(np.random.default_rng(seed))
-        _, first = np.unique(x, axis=0, return_index=True)
-        x = x[np.sort(first)]  # dedupe, keeping draw order
-        y = self.oracle(x)
-        keep = np.sort(np.argsort(y, kind="stable")[: len(y) // 2])
-        self.offline_x, self.offline_y = x[keep], y[keep]
-        self.offline_x.setflags(write=False)
-        self.offline_y.setflags(write=False)
-        validate_offline(self.offline_x, self.offline_y, field=f"rna {self.problem}")
+        self.offline_x, self.offline_y = lower_half_offline(x, self.oracle, field=f"rna {self.problem}")
 
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
         """Uniform random sequences, with the conserved pattern in place where the problem has one."""
