@@ -57,6 +57,22 @@ def toy_task() -> ToyTask:
     return ToyTask()
 
 
+@pytest.fixture()
+def lm_setting(tiny_proxy, toy_task):
+    """The toy task through the tiny LM: (proxy, offline ridge fit, auxiliary model, the 6 best starts)."""
+    from bib_ray.core.auxiliary import fit_auxiliary
+    from bib_ray.core.ridge import OfflineFit
+
+    x = torch.as_tensor(toy_task.offline_x)
+    phi = tiny_proxy.embed_sequences(x)
+    y = torch.as_tensor(toy_task.offline_y)
+    y = (y - y.mean()) / y.std()
+    fit = OfflineFit.fit(phi, y)
+    aux = fit_auxiliary(phi, y, heads=2, hidden=8, epochs=20, seed=0)
+    start = x[torch.argsort(y)[-6:]]
+    return tiny_proxy, fit, aux, start
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own LM/embedding cache and MLflow store location."""

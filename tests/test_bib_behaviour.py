@@ -44,18 +44,6 @@ def additive_setting(toy_task):
     return toy_task, fit, aux, start
 
 
-@pytest.fixture()
-def lm_setting(tiny_proxy, toy_task):
-    x = torch.as_tensor(toy_task.offline_x)
-    phi = tiny_proxy.embed_sequences(x)
-    y = torch.as_tensor(toy_task.offline_y)
-    y = (y - y.mean()) / y.std()
-    fit = OfflineFit.fit(phi, y)
-    aux = fit_auxiliary(phi, y, heads=2, hidden=8, epochs=20, seed=0)
-    start = x[torch.argsort(y)[-6:]]
-    return tiny_proxy, fit, aux, start
-
-
 # --- designs improve ------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["forward", "fixed", "learned", "grad"])
 @pytest.mark.parametrize("eta", [False, True])

@@ -3,22 +3,13 @@
 import pytest
 import torch
 
-from bib_ray.core.auxiliary import fit_auxiliary
 from bib_ray.core.config import EngineConfig
 from bib_ray.core.engine import BIBEngine, initial_logits
-from bib_ray.core.ridge import OfflineFit
 
 
 @pytest.fixture()
-def setting(tiny_proxy, toy_task):
-    x = torch.as_tensor(toy_task.offline_x)
-    phi = tiny_proxy.embed_sequences(x)
-    y = torch.as_tensor(toy_task.offline_y)
-    y = (y - y.mean()) / y.std()
-    fit = OfflineFit.fit(phi, y)
-    aux = fit_auxiliary(phi, y, heads=2, hidden=8, epochs=20, seed=0)
-    start = x[torch.argsort(y)[-6:]]
-    return tiny_proxy, fit, aux, start
+def setting(lm_setting):
+    return lm_setting
 
 
 def _run(setting, config, start=None, steps=4):
