@@ -219,6 +219,22 @@ def test_same_lm_seed_pretrains_to_the_same_fingerprint(tmp_path, monkeypatch, t
     assert prints[0] == prints[1] != prints[2]
 
 
+def test_lms_pretrained_side_by_side_equal_those_pretrained_one_by_one(tmp_path, monkeypatch):
+    """The driver pre-trains several LMs in parallel processes; each must be the LM a serial run makes."""
+    from bib_ray.spec import RunSpec
+    from bib_ray.workbench import prepare_default_lms
+
+    base = RunSpec.model_validate(TINY_BASE)
+    specs = [base.with_updates({"lm_pretrain.seed": seed}) for seed in (0, 1, 0)]  # seed 0 twice: trained once
+    weights = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / f"workers{workers}"))
+        prepare_default_lms(specs, workers=workers)
+        folders = sorted(p for p in (small_lm.cache_root() / "lm").iterdir() if p.is_dir())
+        weights[workers] = {p.name: (p / "model.safetensors").read_bytes() for p in folders}
+    assert len(weights[1]) == 2 and weights[1] == weights[2]
+
+
 def test_recipe_version_is_part_of_the_cache_folder(monkeypatch):
     config = small_lm.SmallLMConfig(steps=10)
     before = small_lm.default_lm_path("tfbind8", "abc", config)

@@ -125,7 +125,7 @@ def lr_factor(config: SmallLMConfig, step: int) -> float:
 
 
 def pretrain_small_lm(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out_dir: Path,
-                      log_every: int = 0) -> dict:
+                      log_every: int = 0, label: str = "") -> dict:
     """Train the small BERT by masked-language modelling on ``sequences`` (n, L) and save it.
 
     Single-threaded, whatever the machine: with several threads the float sums (and so the weights) depend
@@ -136,12 +136,13 @@ def pretrain_small_lm(sequences: torch.Tensor, alphabet: str, config: SmallLMCon
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _pretrain(sequences, alphabet, config, out_dir, log_every)
+        return _pretrain(sequences, alphabet, config, out_dir, log_every, label)
     finally:
         torch.set_num_threads(threads)
 
 
-def _pretrain(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out_dir: Path, log_every: int) -> dict:
+def _pretrain(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out_dir: Path, log_every: int,
+              label: str) -> dict:
     from bib_ray.proxy.lm_proxy import _quiet_transformers
 
     _quiet_transformers()
@@ -163,7 +164,7 @@ def _pretrain(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out
         scheduler.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"pretrain step {step + 1}/{config.steps} mlm_loss={sum(losses[-log_every:]) / log_every:.4f}",
+            print(f"pretrain {label}{' ' if label else ''}step {step + 1}/{config.steps} mlm_loss={sum(losses[-log_every:]) / log_every:.4f}",
                   flush=True)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,10 +192,10 @@ def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
 
     def pretrain(out_dir: Path) -> None:
         if log_every:
-            print(f"[bib-ray] pre-training the default LM for {task.name} ({config.steps} MLM steps, once; "
+            print(f"[bib-ray] pre-training the default LM for {task.name}, LM seed {config.seed} ({config.steps} MLM steps, once; "
                   f"cached in {path.parent})", flush=True)
         pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
-                          out_dir, log_every=log_every)
+                          out_dir, log_every=log_every, label=f"{task.name} LM seed {config.seed}")
 
     return ensure_entry(path, "lm", pretrain, lambda p: p, task=task.name, lm=path.name,
                         extra={"config": config.model_dump()})
