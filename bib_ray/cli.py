@@ -259,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command in ("search", "ablate", "bench") and not getattr(args, "address", None) \
+            and "ray" not in sys.modules:  # a Ray of our own, and Ray not yet imported (it reads the mode once)
+        from bib_ray.distributed.tune_job import ask_token_auth_for_local_ray
+
+        ask_token_auth_for_local_ray()
     try:
         from bib_ray.preflight import check_command_paths
 

@@ -56,8 +56,9 @@ def make_synthetic_ablation(store: Store, name: str, variants: Sequence[str], se
                             killed: bool = False) -> str:
     """A FINISHED parent run tagged as ablation ``name`` with one FINISHED child per (task, variant, seed).
 
-    Each child has params, per-step metrics at steps 1..``steps``, a final record at ``steps + 1``
-    (values = the last step's + 0.001, so a report that reads a step instead of the final is caught),
+    Each child has params, per-step metrics at steps 1..``steps``, then a final record at step ``steps``
+    as a trial logs it (values = the last step's + 0.001, so a report that reads a step instead of the
+    final is caught),
     ``design_seconds`` and a designs.csv. With ``failed`` a FAILED child with huge metrics is added (and
     with ``killed`` a KILLED one): both must be left out of every report. Returns the parent run id.
     """
@@ -77,7 +78,7 @@ def make_synthetic_ablation(store: Store, name: str, variants: Sequence[str], se
                 for step in range(1, steps + 1):
                     store.log_metrics(run, cell_values(t, v, seed, step, oracle), step)
                 final = {k: val + 0.001 for k, val in cell_values(t, v, seed, steps, oracle).items()}
-                store.log_metrics(run, {**final, "design_seconds": 1.5}, steps + 1)
+                store.log_metrics(run, {**final, "design_seconds": 1.5}, steps)
                 store.log_text(run, "sequence,score\nACGT,0.5\n", "designs.csv")
                 store.set_status(run, "FINISHED")
     bad_states = (["FAILED"] if failed else []) + (["KILLED"] if killed else [])

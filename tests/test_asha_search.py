@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bib_ray.distributed.search import run_search
+from bib_ray.distributed.search import run_search, trial_plan
 from bib_ray.distributed.space import parse_search_space
-from bib_ray.distributed.trainable import trial_spec
+from bib_ray.trial_records import final_of
 from bib_ray.spec import load_run_spec
 from bib_ray.tracking.store import Store
 
@@ -47,11 +47,11 @@ def asha_run(tmp_path_factory):
 
 
 def _stopped(results) -> list:
-    return [r for r in results if not r.error and not r.metrics.get("final")]
+    return [r for r in results if not r.error and final_of(r.metrics) is None]
 
 
 def _complete(results) -> list:
-    return [r for r in results if not r.error and r.metrics.get("final")]
+    return [r for r in results if not r.error and final_of(r.metrics) is not None]
 
 
 def test_asha_stops_some_trials(asha_run):
@@ -74,11 +74,11 @@ def test_stopped_trials_are_finished_children_with_steps_once(asha_run):
     for result in outcome.job.results:
         child = children[result.metrics["trial_id"]]
         steps = [m.step for m in store.client.get_metric_history(child.info.run_id, "normalized_mean")]
-        assert len(steps) == len(set(steps)), steps
-        if result.metrics.get("final"):
+        if final_of(result.metrics) is not None:  # every step once, and the final record at the last step
             assert "stopped" not in child.data.tags and "design_seconds" in child.data.metrics
-            assert sorted(steps) == list(range(1, STEPS + 2))
+            assert sorted(steps) == list(range(1, STEPS + 1)) + [STEPS]
         else:
+            assert len(steps) == len(set(steps)), steps
             assert "early stopping" in child.data.tags["stopped"] and "design_seconds" not in child.data.metrics
             assert sorted(steps) == list(range(1, result.metrics["step"] + 1))
 
@@ -88,7 +88,7 @@ def test_best_trial_is_the_best_complete_one_in_the_result_grid(asha_run):
     complete = _complete(outcome.job.results)
     best = max(complete, key=lambda r: r.metrics["normalized_mean"])
     assert outcome.best_metrics["trial_id"] == best.metrics["trial_id"]
-    assert load_run_spec(root / "best.yaml") == trial_spec(best.config).with_updates({"engine.seed": 0})
+    assert load_run_spec(root / "best.yaml") == trial_plan(space).spec_for(best.config).with_updates({"engine.seed": 0})
     parent = Store(uri, space.name).client.get_run(outcome.job.parent_id)
     assert parent.data.tags["best_trial_id"] == best.metrics["trial_id"]
     assert math.isclose(parent.data.metrics["best.normalized_mean"], best.metrics["normalized_mean"], rel_tol=1e-12)

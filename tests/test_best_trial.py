@@ -11,6 +11,7 @@ import pytest
 from bib_ray.distributed.search import best_of
 from bib_ray.distributed.space import parse_search_space
 from bib_ray.spec import RunSpec
+from bib_ray.trial_records import FinalRecord, StepReport, StepRow, WorkerInfo
 
 from helpers import TINY_BASE
 
@@ -30,10 +31,12 @@ class FakeResult:
     config: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = {"trial_id": self.trial_id, **({"final": True} if self.final else {})}
-        if self.value is not None:
-            self.metrics["offline_proxy_mean"] = self.value
-        self.config = {"base": BASE, "seeds": [4, 7], "engine.lr": self.lr}
+        worker = WorkerInfo(pid=1, node="here", lm_loads=1)
+        metrics = {} if self.value is None else {"offline_proxy_mean": self.value}
+        record = (FinalRecord(step=12, metrics=metrics, replicates=2, worker=worker) if self.final
+                  else StepReport(rows=(StepRow(step=4, seed=4, lm_seed=0, metrics=metrics),), worker=worker))
+        self.metrics = {"trial_id": self.trial_id, **record.to_result()}
+        self.config = {"engine.lr": self.lr}  # a search trial's config: its sampled parameters
 
 
 def _space(mode: str):

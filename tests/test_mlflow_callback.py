@@ -11,15 +11,26 @@ import pytest
 from bib_ray.distributed.mlflow_callback import MLflowTrialCallback, StoreWriter
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.store import Store
+from bib_ray.trial_records import FinalRecord, StepReport, StepRow, TrialPlan, TrialTiming, WorkerInfo
+
+
+PLAN = TrialPlan(base=RunSpec().with_updates({"engine.steps": 4}), seeds=(0,))
+WORKER = WorkerInfo(pid=1, node="here", lm_loads=1)
 
 
 def _trial(trial_id: str) -> SimpleNamespace:
-    base = RunSpec().with_updates({"engine.steps": 4}).model_dump(mode="json")
-    return SimpleNamespace(trial_id=trial_id, config={"base": base, "seeds": [0]})
+    return SimpleNamespace(trial_id=trial_id, config={})
 
 
 def _step_result(steps: range) -> dict:
-    return {"history": [{"step": s, "forward_loss": 1.0 / s, "gamma": 0.5} for s in steps], "node": "here"}
+    rows = tuple(StepRow(step=s, seed=0, lm_seed=0, metrics={"forward_loss": 1.0 / s, "gamma": 0.5}) for s in steps)
+    return StepReport(rows=rows, worker=WORKER).to_result()
+
+
+def _callback(store: Store, parent: str) -> MLflowTrialCallback:
+    callback = MLflowTrialCallback(store.uri, store.experiment, parent, {"bib_ray.kind": "search"}, PLAN)
+    callback.setup(store=store)
+    return callback
 
 
 def test_writer_keeps_order_and_raises_the_first_failure():
@@ -53,7 +64,7 @@ def test_hooks_return_while_the_store_is_blocked_and_every_step_lands_once(tmp_p
         return real_create(*args, **kwargs)
 
     store.create_run = gated_create
-    callback = MLflowTrialCallback(store, parent, {"bib_ray.kind": "search"})
+    callback = _callback(store, parent)
     trial = _trial("t1")
     finished = threading.Event()
 
@@ -61,8 +72,11 @@ def test_hooks_return_while_the_store_is_blocked_and_every_step_lands_once(tmp_p
         callback.on_trial_start(0, [], trial)
         callback.on_trial_result(0, [], trial, _step_result(range(1, 3)))
         callback.on_trial_result(0, [], trial, _step_result(range(1, 5)))  # a retry replays steps 1-2
-        callback.on_trial_result(0, [], trial, {"final": True, "step": 5, "normalized_max": 0.9,
-                                                "design_seconds": 0.1, "node": "here", "designs_table": [{"seq": "ACGT"}]})
+        timing = TrialTiming(started_at=0.0, ended_at=1.0, setup_seconds=0.1, design_seconds=0.1, run_seconds=0.5,
+                             trial_seconds=1.0)
+        callback.on_trial_result(0, [], trial, FinalRecord(step=4, metrics={"normalized_max": 0.9}, replicates=1,
+                                                           worker=WORKER, timing=timing,
+                                                           designs=[{"seq": "ACGT"}]).to_result())
         callback.on_trial_complete(0, [], trial)
         finished.set()
 

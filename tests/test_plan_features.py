@@ -55,7 +55,7 @@ def test_overrides_applied_where_they_match_and_only_there(plan_run):
         assert float(params["engine.eta_max"]) == (0.02 if eta_on else 0.5)
         assert params["task.name"] == task
         etas = [m.value for m in store.client.get_metric_history(child.info.run_id, "eta")]
-        assert len(etas) == 7  # 6 steps and the final record
+        assert len(etas) == 7  # 6 steps and the final record (at step 6)
         if eta_on:  # the learned rate stayed under the overridden clamp
             assert all(1e-4 <= e <= 0.02 + 1e-12 for e in etas), etas
         else:  # the fixed rate is the (overridden) lr at every step

@@ -162,7 +162,7 @@ def test_worker_crash_is_retried(tmp_path, observed):
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     for child in children:
         steps = [m.step for m in MlflowClient(uri).get_metric_history(child.info.run_id, "forward_loss")]
-        assert sorted(steps) == list(range(1, 31)) + [31]  # no step twice after the retry
+        assert sorted(steps) == list(range(1, 31)) + [30]  # no step twice after the retry; the final at 30
     observed.record(RECOVERED, "worker death retried", len(crashed))
     observed.record(LOST, "worker deaths", 2 - sum(c.info.status == "FINISHED" for c in children))
 
@@ -182,19 +182,19 @@ def test_nan_losses_fail_one_cell_and_the_rest_goes_on(tmp_path):
     assert children["learned"].info.status == "FAILED"
     reason = children["learned"].data.tags["failed_reason"]
     assert "NaN or infinite" in reason and "\n" not in reason
+    assert "Token authentication" not in err  # Ray's opt-out notice: nothing a user can act on
     assert "| tfbind8 | forward | 1 |" in out and "learned" not in out.split("|---")[1]
 
 
 def _check_whole(uri: str, child, steps: int) -> list[int]:
-    """A FINISHED child ran to its end: every step once and the final record; or ASHA stopped it at
-    a rung (tagged), with every step up to there once. Returns its logged steps."""
+    """A FINISHED child ran to its end: every step once and the final record at the last step; or ASHA
+    stopped it at a rung (tagged), with every step up to there once. Returns its logged steps."""
     logged = _steps(uri, child.info.run_id)
-    assert logged == sorted(set(logged)), logged
     if "stopped" in child.data.tags:
         assert logged == list(range(1, len(logged) + 1)) and len(logged) % 10 == 0, logged
         assert "design_seconds" not in child.data.metrics
     else:
-        assert logged == list(range(1, steps + 2)), (child.data.tags.get("cell"), logged)
+        assert logged == list(range(1, steps + 1)) + [steps], (child.data.tags.get("cell"), logged)
         assert "design_seconds" in child.data.metrics
     return logged
 

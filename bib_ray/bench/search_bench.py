@@ -3,8 +3,10 @@
 16 trials (default) on local Ray with the default LM and small steps, no early stopping, logged to a
 throw-away MLflow SQLite store. Prints wall time, the summed time of BIB design steps, per-worker LM
 loads, where each trial slot's time went (start-up, hand-over between trials, trial time outside BIB
-steps, BIB steps, tail), and last ``overhead_share=<fraction>``: 1 - (summed design-step seconds) / (wall seconds x
-concurrent trial slots), i.e. the share of the machine's trial capacity not spent in BIB steps.
+steps, BIB steps, tail), ``overhead_share=<fraction>``: 1 - (summed design-step seconds) / (wall seconds x
+concurrent trial slots), i.e. the share of the machine's trial capacity not spent in BIB steps, and last
+``steady_overhead_share=<fraction>``: the same share counted from each slot's first trial start to its last
+trial end (the per-trial overhead once Ray is up; goal at most 0.10 at 20 steps).
 The wall time counts everything ``bib-ray search`` does: Ray start-up, MLflow logging, Tune.
 """
 
@@ -19,26 +21,41 @@ from bib_ray.distributed.search import run_search
 from bib_ray.distributed.space import parse_search_space
 from bib_ray.proxy.small_lm import ensure_default_lm
 from bib_ray.spec import RunSpec
+from bib_ray.trial_records import FinalRecord, TrialTiming, final_of
 from bib_ray.workbench import build_task
 
 
-def where_time_went(finals: list[dict], started_at: float, ended_at: float) -> dict[str, float]:
+def where_time_went(finals: list[FinalRecord], started_at: float, ended_at: float) -> dict[str, float]:
     """Each worker's timeline, averaged over workers: start-up before its first trial, gaps between
     its trials (Tune hand-over), time inside trials outside BIB steps, BIB steps, and the tail after
     its last trial (shut-down). Time.time() stamps from trials on one machine share the clock."""
-    by_worker: dict[int, list[dict]] = {}
-    for m in finals:
-        by_worker.setdefault(m["worker_pid"], []).append(m)
     totals = {"startup": 0.0, "between_trials": 0.0, "in_trial_not_steps": 0.0, "bib_steps": 0.0, "tail": 0.0}
-    for trials in by_worker.values():
-        trials.sort(key=lambda m: m["trial_started_at"])
-        totals["startup"] += trials[0]["trial_started_at"] - started_at
-        totals["between_trials"] += sum(b["trial_started_at"] - a["trial_ended_at"] for a, b in zip(trials, trials[1:]))
-        totals["in_trial_not_steps"] += sum(m["trial_ended_at"] - m["trial_started_at"] - m["design_seconds"]
-                                            for m in trials)
-        totals["bib_steps"] += sum(m["design_seconds"] for m in trials)
-        totals["tail"] += ended_at - trials[-1]["trial_ended_at"]
+    by_worker = _by_worker(finals)
+    for timings in by_worker.values():
+        totals["startup"] += timings[0].started_at - started_at
+        totals["between_trials"] += sum(b.started_at - a.ended_at for a, b in zip(timings, timings[1:]))
+        totals["in_trial_not_steps"] += sum(t.ended_at - t.started_at - t.design_seconds for t in timings)
+        totals["bib_steps"] += sum(t.design_seconds for t in timings)
+        totals["tail"] += ended_at - timings[-1].ended_at
     return {k: v / max(1, len(by_worker)) for k, v in totals.items()}
+
+
+def steady_overhead_share(finals: list[FinalRecord]) -> float:
+    """The share of trial-slot time not spent in BIB steps, counting each slot (worker) from its first
+    trial's start to its last trial's end: the overhead per trial, without Ray's start-up and shut-down."""
+    span = steps = 0.0
+    for timings in _by_worker(finals).values():
+        span += timings[-1].ended_at - timings[0].started_at
+        steps += sum(t.design_seconds for t in timings)
+    return 1.0 - steps / span if span > 0 else float("nan")
+
+
+def _by_worker(finals: list[FinalRecord]) -> dict[int, list[TrialTiming]]:
+    by_worker: dict[int, list[TrialTiming]] = {}
+    for record in finals:
+        if record.timing is not None:
+            by_worker.setdefault(record.worker.pid, []).append(record.timing)
+    return {pid: sorted(timings, key=lambda t: t.started_at) for pid, timings in by_worker.items()}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -67,15 +84,17 @@ def main(args: argparse.Namespace) -> int:
         outcome = run_search(space, f"sqlite:///{tmp}/mlruns.db", address=args.address,
                              storage=str(Path(tmp) / "runs"), best_output=Path(tmp) / "best.yaml")
         wall, ended_at = time.perf_counter() - t0, time.time()
-    finals = [r.metrics for r in outcome.job.results if r.metrics and r.metrics.get("final")]
-    design = sum(m["design_seconds"] for m in finals)
-    setup = sum(m["setup_seconds"] for m in finals)
-    trial_total = sum(m.get("time_total_s", 0.0) for m in finals)
-    inside = sum(m.get("trial_seconds", 0.0) for m in finals)
-    runs = sum(m.get("run_seconds", 0.0) for m in finals)
+    results = [r.metrics for r in outcome.job.results if final_of(r.metrics) is not None]
+    finals = [final_of(m) for m in results]
+    timed = [f.timing for f in finals if f.timing is not None]
+    design = sum(t.design_seconds for t in timed)
+    setup = sum(t.setup_seconds for t in timed)
+    trial_total = sum(m.get("time_total_s", 0.0) for m in results)  # Tune's own clock of each trial
+    inside = sum(t.trial_seconds for t in timed)
+    runs = sum(t.run_seconds for t in timed)
     loads: dict[int, int] = {}
-    for m in finals:
-        loads[m["worker_pid"]] = max(loads.get(m["worker_pid"], 0), int(m["lm_loads_in_worker"]))
+    for f in finals:
+        loads[f.worker.pid] = max(loads.get(f.worker.pid, 0), f.worker.lm_loads)
     print(f"trials={len(finals)}/{args.trials} steps={steps} designs={base.engine.designs} slots={slots}")
     print(f"wall_s={wall:.1f} design_step_s_summed={design:.1f} trial_setup_s_summed={setup:.1f} "
           f"trial_total_s_summed={trial_total:.1f} inside_trainable_s={inside:.1f} bib_runs_s={runs:.1f}")
@@ -84,4 +103,5 @@ def main(args: argparse.Namespace) -> int:
     print("per trial slot, seconds: " + " ".join(f"{k}={v:.2f}" for k, v in parts.items()))
     print(f"best normalized_max={outcome.best_metrics.get('normalized_max', float('nan')):.4f}")
     print(f"overhead_share={1 - design / (wall * slots):.3f}")
+    print(f"steady_overhead_share={steady_overhead_share(finals):.3f}")
     return 0

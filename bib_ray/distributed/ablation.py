@@ -21,6 +21,7 @@ from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.report import build_report, is_ablation_parent
 from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.trial_records import CellConfig, TrialPlan
 from bib_ray.criteria import split_offline
 from bib_ray.workbench import build_task, prepare_default_lms
 
@@ -70,9 +71,8 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
             prepare_default_lms([c.spec for c in todo])
         init_ray(address)  # only when there is work: a re-run of a finished plan just reports
         check_resources({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu})
-        job = TuneJob(name=plan.name, kind="ablation", store=store,
-                      param_space={"base": base.model_dump(mode="json"), "report_every": 5,
-                                   "cell": tune.grid_search([c.as_config() for c in todo])},
+        job = TuneJob(name=plan.name, kind="ablation", store=store, plan=TrialPlan(base=base, report_every=5),
+                      param_space={CellConfig.CONFIG_KEY: tune.grid_search([c.config().as_dict() for c in todo])},
                       resources={"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}, metric=None, mode=None,
                       num_samples=1, max_concurrent=plan.concurrency, max_failures=plan.max_failures,
                       parent_tags={"plan_cells": len(cells), "reference": plan.reference_label},

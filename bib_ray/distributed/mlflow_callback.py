@@ -9,6 +9,12 @@ resume, and cannot nest them or tag them per trial.)
 Why a writer thread: every ``tune.report`` of a trial waits until Tune's event loop has handled the
 result, callbacks included. Store writes (SQLite commits, or REST calls to a tracking server) made
 there would stall every running trial; the callback only queues them, in order, for one thread.
+
+How it survives a driver crash, by Tune's own conventions: Tune pickles its run config (this callback
+included) once, when the experiment starts, and ``Tuner.restore`` unpickles it. So the callback holds
+only plain data until Tune calls :meth:`setup`, which opens the store and starts the writer; its book-
+keeping (which MLflow run belongs to which trial, the last step logged) goes into Tune's experiment
+checkpoints through :meth:`get_state` and comes back through :meth:`set_state`.
 """
 
 from __future__ import annotations
@@ -23,14 +29,11 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from bib_ray.distributed.trainable import trial_spec
 from bib_ray.tracking.store import Store, flatten, retrying
+from bib_ray.trial_records import HEADLINE_METRICS, CellConfig, FinalRecord, StepReport, TrialPlan, record_of
 
 FLUSH_SECONDS = 2.0
-FINAL_ONLY_METRIC = "design_seconds"  # present in a trial's final record only
-SKIP_METRICS = {"step", "final", "seeds", "done", "training_iteration", "time_this_iter_s", "time_total_s",
-                "timestamp", "worker_pid", "pid", "iterations_since_restore", "time_since_restore",
-                "lm_loads_in_worker", "seed", "trial_started_at", "trial_ended_at", "lm_seed"}
+FINAL_ONLY_METRIC = "design_seconds"  # logged by a trial's final record only
 
 
 def designs_csv(rows: list[dict]) -> str:
@@ -88,63 +91,80 @@ class MLflowTrialCallback(Callback):
 
     Tune's hooks only keep the books (which trials finished, failed, or wait for a flush) and queue the
     store writes; run ids and the last logged step per trial live in the writer thread, which alone
-    reads and writes them.
+    writes them (Tune's checkpoint thread reads copies through :meth:`get_state`).
     """
 
-    def __init__(self, store: Store, parent_id: str, tags: dict[str, Any]) -> None:
-        self.store = store
+    _active: dict[str, "MLflowTrialCallback"] = {}  # parent run id -> the callback Tune set up last
+
+    def __init__(self, tracking_uri: str, experiment: str, parent_id: str, tags: dict[str, Any],
+                 plan: TrialPlan) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
         self.parent_id = parent_id
         self.tags = tags
-        self.writer = StoreWriter()
-        self.runs: dict[str, str] = {}  # writer thread only
-        self.last_step: dict[str, int] = {}  # writer thread only
+        self.plan = plan
+        self.runs: dict[str, str] = {}  # trial id -> run id (written by the writer thread only)
+        self.last_step: dict[str, int] = {}  # trial id -> last step logged by this process (writer thread only)
         self.finished: set[str] = set()
         self.failed: set[str] = set()
-        self.pending: dict[str, tuple[Any, list[tuple[int, dict]]]] = {}  # trial id -> (trial, step rows)
         self.tagged_node: set[str] = set()
+        self.store: Store | None = None  # opened by setup()
+        self.writer: StoreWriter | None = None
+        self.pending: dict[str, tuple[Any, list[tuple[int, dict]]]] = {}  # trial id -> (trial, step rows)
         self.flushed_at = time.monotonic()
 
-    def __getstate__(self) -> dict:
-        """Tune pickles its run config (callbacks included): keep the store's address, not its client."""
-        state = dict(self.__dict__)
-        state["store"] = (self.store.uri, self.store.experiment)
-        state["pending"] = {}
-        # The writer thread may be adding entries: copy them (one C-level copy under the GIL).
-        state["runs"], state["last_step"] = dict(self.runs), dict(self.last_step)
-        state.pop("writer", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        uri, experiment = state["store"]
-        self.__dict__.update(state)
-        self.store = Store(uri, experiment)
+    # --- Tune's lifecycle: set-up and checkpointed state -------------------------------------------
+    def setup(self, store: Store | None = None, **info) -> None:
+        """Open the store and start the writer (Tune calls this as the experiment starts or resumes;
+        the driver may call it first with its own open ``store``)."""
+        if self.writer is not None:
+            return
+        self.store = store or Store(self.tracking_uri, self.experiment)
         self.writer = StoreWriter()
+        MLflowTrialCallback._active[self.parent_id] = self
+
+    def get_state(self) -> dict[str, Any]:
+        """The book-keeping Tune saves with each experiment checkpoint: which run is whose, and which
+        trials ended (copies: the writer thread may be adding). The last step logged is not kept: a
+        checkpoint can lag the store, so a resumed trial reads it from MLflow."""
+        return {"runs": dict(self.runs), "finished": set(self.finished), "failed": set(self.failed)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Tune hands back the saved book-keeping on ``Tuner.restore``."""
+        self.runs.update(state.get("runs", {}))
+        self.finished |= set(state.get("finished", ()))
+        self.failed |= set(state.get("failed", ()))
+
+    @classmethod
+    def active(cls, parent_id: str) -> "MLflowTrialCallback | None":
+        """The callback Tune set up for this parent run in this process (after ``Tuner.restore`` it is
+        Tune's unpickled copy, which the driver has no other handle on)."""
+        return cls._active.get(parent_id)
 
     # --- run lookup (writer thread) -----------------------------------------------------------------
     def _run_for(self, trial) -> str:
         trial_id = trial.trial_id
-        if trial_id in self.runs:
+        if trial_id in self.last_step:  # already touched by this process
             return self.runs[trial_id]
-        found = self.store.find_runs(f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id = '{trial_id}'")
-        if found:
-            run_id = found[0].info.run_id
+        run_id = self.runs.get(trial_id)  # known from Tune's checkpoint (set_state)
+        if run_id is None:
+            found = self.store.find_runs(f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id = '{trial_id}'")
+            run_id = found[0].info.run_id if found else None
+        if run_id is not None:  # a resumed or retried trial: go on after the last step MLflow holds
             history = self.store.client.get_metric_history(run_id, "forward_loss")
             self.last_step[trial_id] = max((m.step for m in history), default=0)
-            if found[0].info.status != "FINISHED":
+            if retrying(lambda: self.store.client.get_run(run_id)).info.status != "FINISHED":
                 self.store.set_status(run_id, "RUNNING")
         else:
-            spec = trial_spec(trial.config)
-            cell = (trial.config.get("cell") or {}).get("name", "")
+            spec = self.plan.spec_for(trial.config)
+            cell = CellConfig.from_config(trial.config)
             tags = {**self.tags, "trial_id": trial_id, "task": spec.task.name, "variant": spec.engine.variant,
                     "adaptive_eta": str(spec.engine.adaptive_eta).lower(),
-                    "seed": ",".join(str(s) for s in trial.config.get("seeds") or [spec.engine.seed]),
-                    "lm_seed": "none" if spec.lm else ",".join(
-                        str(s) for s in trial.config.get("lm_seeds") or [spec.lm_pretrain.seed])}
+                    "seed": ",".join(str(s) for s in self.plan.seeds_of(spec)),
+                    "lm_seed": "none" if spec.lm else ",".join(str(s) for s in self.plan.lm_seeds_of(spec))}
             if cell:
-                tags["cell"] = cell
-                tags["cell_key"] = trial.config["cell"].get("key", "")
-                tags["task_label"] = trial.config["cell"].get("task_label") or spec.task.name
-            run_id = self.store.create_run(cell or f"trial-{trial_id}", tags, self.parent_id)
+                tags.update(cell=cell.name, cell_key=cell.key, task_label=cell.task_label or spec.task.name)
+            run_id = self.store.create_run(cell.name if cell else f"trial-{trial_id}", tags, self.parent_id)
             params = flatten(spec.model_dump(mode="json"))
             params["seeds"] = tags["seed"]
             self.store.log_params(run_id, params)
@@ -166,17 +186,19 @@ class MLflowTrialCallback(Callback):
         self.writer.submit(lambda: self._run_for(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        trial_id = trial.trial_id
-        if result.get("final"):
-            self._finish(trial, result)
+        record = record_of(result)
+        if isinstance(record, FinalRecord):
+            self._finish(trial, record)
             return
-        if "node" in result and trial_id not in self.tagged_node:
-            node = result["node"]
+        if not isinstance(record, StepReport):
+            return
+        trial_id = trial.trial_id
+        if trial_id not in self.tagged_node:
+            node = record.worker.node
             self.writer.submit(lambda: self.store.set_tags(self._run_for(trial), {"node": node}))
             self.tagged_node.add(trial_id)
-        for row in result.get("history") or []:
-            metrics = {k: v for k, v in row.items() if k not in SKIP_METRICS}
-            self.pending.setdefault(trial_id, (trial, []))[1].append((int(row["step"]), metrics))
+        rows = self.pending.setdefault(trial_id, (trial, []))[1]
+        rows.extend((row.step, row.metrics) for row in record.rows)
         if time.monotonic() - self.flushed_at > FLUSH_SECONDS:
             self._queue_pending()
 
@@ -195,24 +217,28 @@ class MLflowTrialCallback(Callback):
         self._queue_pending()
         self.writer.drain()
 
-    def close_from_result(self, trial, run_id: str, result: dict) -> None:
-        """Close a run whose trial finished while no driver was listening (used on resume)."""
+    def close_from_result(self, trial, run_id: str, result: dict) -> bool:
+        """Close a run whose trial finished while no driver was listening (used on resume); False when
+        the result is not a final record."""
+        record = record_of(result)
+        if not isinstance(record, FinalRecord):
+            return False
+
         def adopt() -> None:
             self.runs[trial.trial_id] = run_id
         self.writer.submit(adopt)
-        self._finish(trial, result)
+        self._finish(trial, record)
+        return True
 
-    def _finish(self, trial, result: dict) -> None:
+    def _finish(self, trial, record: FinalRecord) -> None:
         self._queue_pending(trial)
-        if result.get("failed_reason"):
-            reason = result["failed_reason"]
+        if record.failed:
             self.failed.add(trial.trial_id)
-            self.writer.submit(lambda: self._close_failed(trial, reason))
+            self.writer.submit(lambda: self._close_failed(trial, record.failed_reason))
             return
         self.finished.add(trial.trial_id)
-        result = dict(result)
-        self.writer.submit(lambda: self._close_finished(trial, result))
-        shown = {k: result[k] for k in ("normalized_max", "normalized_median", "offline_proxy_mean") if k in result}
+        self.writer.submit(lambda: self._close_finished(trial, record))
+        shown = {k: record.metrics[k] for k in HEADLINE_METRICS[:2] + ("offline_proxy_mean",) if k in record.metrics}
         print(f"[bib-ray] trial {trial.trial_id} finished: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
               flush=True)
 
@@ -221,21 +247,23 @@ class MLflowTrialCallback(Callback):
         self.store.set_tags(run_id, {"failed_reason": reason})
         self.store.set_status(run_id, "FAILED")
 
-    def _close_finished(self, trial, result: dict) -> None:
+    def _close_finished(self, trial, record: FinalRecord) -> None:
         run_id = self._run_for(trial)
-        # The final record's metrics (seed means) under the same names, at the last iteration: MLflow's
-        # latest value of each metric is then exactly Tune's last result.
-        final = {k: v for k, v in result.items()
-                 if k not in SKIP_METRICS and k not in ("designs_table", "history", "provenance")}
-        final_step = int(result.get("step") or self.last_step.get(trial.trial_id, 0) + 1)
+        # The final record's metrics (means over replicates) under the same names, at the trial's last
+        # step and after its step rows: MLflow's latest value of each metric is then the final one.
+        timing = record.timing
+        final = {**record.metrics, "replicates": record.replicates}
+        if timing is not None:
+            final.update(design_seconds=timing.design_seconds, setup_seconds=timing.setup_seconds,
+                         run_seconds=timing.run_seconds, trial_seconds=timing.trial_seconds)
+        step = record.step or self.last_step.get(trial.trial_id, 0)
         logged = retrying(lambda: self.store.client.get_run(run_id)).data.metrics
         if FINAL_ONLY_METRIC not in logged:  # a driver killed mid-close may have logged it already
-            self.store.log_metrics(run_id, final, final_step)
-        self.store.set_tags(run_id, {"lm_loads_in_worker": result.get("lm_loads_in_worker"),
-                                     "worker_pid": result.get("worker_pid"), "node": result.get("node", ""),
-                                     **(result.get("provenance") or {})})
-        if result.get("designs_table"):
-            self.store.log_text(run_id, designs_csv(result["designs_table"]), "designs.csv")
+            self.store.log_metrics(run_id, final, step)
+        self.store.set_tags(run_id, {"lm_loads_in_worker": record.worker.lm_loads, "worker_pid": record.worker.pid,
+                                     "node": record.worker.node, **record.provenance})
+        if record.designs:
+            self.store.log_text(run_id, designs_csv(record.designs), "designs.csv")
         self.store.set_status(run_id, "FINISHED")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -262,7 +290,7 @@ class MLflowTrialCallback(Callback):
         self.writer.submit(lambda: self._close_failed(trial, reason))
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        # Wait for the writes, but raise a failed one in the driver (execute's flush), not inside Tune.
+        # Wait for the writes, but raise a failed one in the driver (its flush), not inside Tune.
         self._queue_pending()
         self.writer.drain(raise_error=False)
 

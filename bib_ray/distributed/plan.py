@@ -25,6 +25,7 @@ from bib_ray.core.config import VARIANTS
 from bib_ray.distributed.space import Resources, check_lm_seeds, lm_seed_list
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, TaskSpec, load_run_spec, load_yaml, parse_run_spec, validate_mapping
+from bib_ray.trial_records import CellConfig
 
 
 MATCH_KEYS = ("task", "variant", "adaptive_eta", "seed", "lm_seed")
@@ -189,9 +190,9 @@ class Cell:
     spec: RunSpec
     task_label: str = ""
 
-    def as_config(self) -> dict[str, Any]:
-        """What the trainable receives under ``cell``."""
-        return {"name": self.name, "key": self.key, "updates": self.updates, "task_label": self.task_label}
+    def config(self) -> CellConfig:
+        """What the cell's trial receives (its run is the plan's base with these updates)."""
+        return CellConfig(name=self.name, key=self.key, updates=self.updates, task_label=self.task_label)
 
 
 def task_labels(tasks: list[TaskSpec]) -> list[str]:

@@ -18,12 +18,12 @@ import yaml
 
 from bib_ray.criteria import split_offline
 from bib_ray.distributed.space import OFFLINE_METRICS, SearchSpace, lm_seed_list, load_search_space
-from bib_ray.distributed.trainable import trial_spec
 from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, execute, open_store_while_ray_starts,
                                          storage_root)
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, dump_run_spec
 from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.trial_records import HEADLINE_METRICS, TrialPlan, final_of
 from bib_ray.workbench import build_task, prepare_default_lms
 
 
@@ -64,6 +64,12 @@ def default_lm_variants(space: SearchSpace) -> list[RunSpec]:
             for spec in specs for seed in lm_seed_list(space.lm_seeds, spec)]
 
 
+def trial_plan(space: SearchSpace) -> TrialPlan:
+    """What every trial of the search shares: the base run, seeds, LM seeds and report cadence."""
+    return TrialPlan(base=space.base, seeds=tuple(space.seeds),
+                     lm_seeds=tuple(space.lm_seeds) if space.lm_seeds else None, report_every=space.report_every)
+
+
 def build_job(space: SearchSpace, store: Store, source_text: str, resume_command: str) -> TuneJob:
     """The Tune job of a search space."""
     from optuna.samplers import TPESampler
@@ -79,10 +85,7 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
         scheduler = ASHAScheduler(time_attr="step", grace_period=space.scheduler.grace_period,
                                   reduction_factor=space.scheduler.reduction_factor,
                                   max_t=10 ** 9)
-    param_space: dict[str, Any] = {"base": space.base.model_dump(mode="json"), "seeds": list(space.seeds),
-                                   "lm_seeds": space.lm_seeds,
-                                   "report_every": space.report_every,
-                                   **space.tune_space()}
+    plan = trial_plan(space)
     tags = {"benchmark_mode": str(space.uses_oracle).lower(), "metric": space.metric,
             "task": space.base.task.name}
     params = {"sampler": "optuna.TPESampler", "sampler_seed": space.sampler_seed, "metric": space.metric,
@@ -90,7 +93,7 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
               "scheduler": space.scheduler.type, "resources.cpu": space.resources.cpu,
               "resources.gpu": space.resources.gpu, "seeds": ",".join(map(str, space.seeds)),
               "lm_seeds": ",".join(map(str, space.lm_seeds or [space.base.lm_pretrain.seed]))}
-    return TuneJob(name=space.name, kind="search", store=store, param_space=param_space,
+    return TuneJob(name=space.name, kind="search", store=store, plan=plan, param_space=space.tune_space(),
                    resources={"cpu": space.resources.cpu, "gpu": space.resources.gpu}, metric=key,
                    mode=space.mode, num_samples=space.trials, max_concurrent=space.concurrency,
                    max_failures=space.max_failures, search_alg=searcher, scheduler=scheduler,
@@ -104,7 +107,7 @@ def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, di
     key = space.result_key
     best, best_value = None, None
     results = [r for r in outcome.results if not r.error and r.metrics]
-    complete = [r for r in results if r.metrics.get("final")]
+    complete = [r for r in results if final_of(r.metrics) is not None]
     for result in complete or results:  # a trial ASHA stopped early carries a partial score
         value = result.metrics.get(key)
         if value is None or not math.isfinite(value):
@@ -113,7 +116,7 @@ def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, di
             best, best_value = result, value
     if best is None:
         return None, {}
-    spec = trial_spec(best.config).with_updates({"engine.seed": space.seeds[0]})
+    spec = trial_plan(space).spec_for(best.config).with_updates({"engine.seed": space.seeds[0]})
     first_lm = lm_seed_list(space.lm_seeds, spec)[0]
     if first_lm is not None:
         spec = spec.with_updates({"lm_pretrain.seed": first_lm})
@@ -138,8 +141,7 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
     if best_spec is not None:
         dump_run_spec(best_spec, best_output)
         store.log_metrics(parent, {f"best.{k}": v for k, v in best_metrics.items()
-                                   if k in ("normalized_max", "normalized_median", "normalized_mean",
-                                            "offline_proxy_mean", "mean_edit_distance", space.result_key)}, 0)
+                                   if k in HEADLINE_METRICS + (space.result_key,)}, 0)
         store.log_text(parent, Path(best_output).read_text(), "best.yaml")
         store.set_tags(parent, {"best_trial_id": best_metrics.get("trial_id", "")})
     store.set_status(parent, "FINISHED")
@@ -169,7 +171,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     if len(lm_seeds) > 1:
         scored += f" x LM seeds {', '.join(map(str, lm_seeds))}"
     print(f"best trial {m.get('trial_id')}: {space.metric} = {m.get(space.result_key):.4f} ({scored})")
-    for key in ("normalized_max", "normalized_median", "offline_proxy_mean", "mean_edit_distance"):
+    for key in HEADLINE_METRICS:
         if key in m:
             print(f"  {key:<20} {m[key]:.4f}")
     print("best config:")

@@ -8,7 +8,6 @@ the experiment folder, so ``--resume`` continues the same parent and children.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from bib_ray.errors import BibInputError
 from bib_ray.tracking.store import Store
+from bib_ray.trial_records import TrialPlan, final_of
 
 PARENT_FILE = "bib_ray_parent_run.txt"
 
@@ -28,7 +28,8 @@ class TuneJob:
     name: str
     kind: str  # "search" or "ablation"
     store: Store
-    param_space: dict[str, Any]
+    plan: TrialPlan  # what every trial shares (sent once, through tune.with_parameters)
+    param_space: dict[str, Any]  # what varies: sampled parameters, or the cells (grid)
     resources: dict[str, float]
     metric: str
     mode: str
@@ -53,6 +54,17 @@ class JobOutcome:
     parent_id: str
     interrupted: bool
     experiment_path: Path
+
+
+def ask_token_auth_for_local_ray() -> None:
+    """Ask Ray for token authentication explicitly (``RAY_AUTH_MODE=token``) before it is imported.
+
+    Ray turns token authentication on for every new local cluster anyway, and then prints a notice
+    about opting out on every run, which a user cannot act on. Asking for it gives the same protection
+    without the notice. It must happen before ``import ray`` (Ray reads the mode once), and only for a
+    Ray of our own: a cluster given by ``--address`` keeps whatever mode it was started with.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -143,7 +155,7 @@ def reconcile_children(store: Store, parent_id: str, path: Path, callback) -> di
     """Before a resume: make MLflow agree with the Tune state that survived the crash.
 
     * A child whose trial Tune had finished, but whose run the killed driver left open, is closed
-      with the trial's last result (nothing is re-run for it).
+      with the trial's final record (nothing is re-run for it).
     * A child whose trial Tune never recorded (the driver died between the trial's start and the next
       experiment checkpoint) has no trial to resume: the resumed search samples a new one. Its run is
       tagged ``bib_ray.orphan`` with the reason and moved to MLflow's deleted runs (recoverable there),
@@ -166,40 +178,21 @@ def reconcile_children(store: Store, parent_id: str, path: Path, callback) -> di
             store.set_status(run.info.run_id, "KILLED")
             store.client.delete_run(run.info.run_id)
             counts["orphaned"] += 1
-        elif trial.status == "TERMINATED" and (trial.last_result or {}).get("final"):
+        elif trial.status == "TERMINATED" and final_of(trial.last_result) is not None:
             callback.close_from_result(trial, run.info.run_id, trial.last_result)
             counts["closed"] += 1
     callback.flush()
     return counts
 
 
-@contextlib.contextmanager
-def _watch_tune_interrupt():
-    """Collect the stop events Tune creates for Ctrl-C, so the caller can tell an interrupted run
-    (Tune stops gracefully and returns normally) from a finished one."""
-    from ray.tune import tune as tune_module
-
-    events: list = []
-    original = getattr(tune_module, "_setup_signal_catching", None)
-    if original is None:  # a Ray without this hook: rely on the trial counts
-        yield events
-        return
-
-    def watching():
-        event = original()
-        events.append(event)
-        return event
-
-    tune_module._setup_signal_catching = watching
-    try:
-        yield events
-    finally:
-        tune_module._setup_signal_catching = original
-
-
 def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
-    """Run (or resume) the Tune job; mark MLflow runs FINISHED, FAILED or KILLED as they ended."""
+    """Run (or resume) the Tune job; mark MLflow runs FINISHED, FAILED or KILLED as they ended.
+
+    An interrupted run (Ctrl-C: Tune stops its trials and returns) is told from a finished one by its
+    trials: fewer than expected, or some not ended.
+    """
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from bib_ray.distributed.mlflow_callback import MLflowTrialCallback
     from bib_ray.distributed.trainable import bib_trainable
@@ -219,21 +212,24 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         raise BibInputError("--storage", f"cannot create the experiment folder {path} ({err.strerror})",
                             "give a folder you can write to") from None
     parent_id = _parent_run(job, path, resume)
-    callback = MLflowTrialCallback(job.store, parent_id, {"bib_ray.kind": job.kind, "bib_ray.name": job.name,
-                                                           **job.parent_tags})
-    trainable = tune.with_resources(bib_trainable, job.resources)
-    from ray.tune.logger import JsonLoggerCallback
+    tags = {"bib_ray.kind": job.kind, "bib_ray.name": job.name, **job.parent_tags}
 
-    callbacks = [callback, JsonLoggerCallback()]  # result.json per trial, which Tune's result grid reads
-    run_config = tune.RunConfig(name=job.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
-                                failure_config=tune.FailureConfig(max_failures=job.max_failures))
+    def new_callback() -> MLflowTrialCallback:
+        return MLflowTrialCallback(job.store.uri, job.store.experiment, parent_id, tags, job.plan)
+
+    trainable = tune.with_resources(tune.with_parameters(bib_trainable, plan=job.plan), job.resources)
     if resume:
-        reconcile_children(job.store, parent_id, path, callback)
-    if restorable:
+        closer = new_callback()
+        closer.setup(store=job.store)
+        reconcile_children(job.store, parent_id, path, closer)
+    if restorable:  # Tune unpickles the callback it was given and hands back its state (set_state)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=job.param_space)
-        tuner._local_tuner._run_config.callbacks = callbacks  # a fresh callback, not the pickled one
     else:
+        # result.json per trial (JSON logger), which Tune's result grid reads; MLflow is the record.
+        run_config = tune.RunConfig(name=job.name, storage_path=str(storage), verbose=0,
+                                    callbacks=[new_callback(), JsonLoggerCallback()],
+                                    failure_config=tune.FailureConfig(max_failures=job.max_failures))
         tune_config = tune.TuneConfig(metric=job.metric, mode=job.mode, search_alg=job.search_alg,
                                       scheduler=job.scheduler, num_samples=job.num_samples,
                                       max_concurrent_trials=None if job.search_alg is not None else job.max_concurrent,
@@ -241,18 +237,20 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         tuner = tune.Tuner(trainable, param_space=job.param_space, tune_config=tune_config,
                            run_config=run_config)
     interrupted = False
-    with _watch_tune_interrupt() as stop_events:
-        try:
-            results = tuner.fit()
-        except KeyboardInterrupt:
-            results, interrupted = None, True
-    callback.flush()  # metrics still buffered or queued (after Ctrl-C Tune may not end the experiment)
-    interrupted = interrupted or any(event.is_set() for event in stop_events)
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        results, interrupted = None, True
+    callback = MLflowTrialCallback.active(parent_id)
+    if callback is not None:
+        callback.flush()  # metrics still queued; a write that failed is raised here, in the driver
     if results is not None:
         done = results.num_terminated + results.num_errors
         interrupted = interrupted or done < len(results) or (job.expected_trials or 0) > len(results)
     if interrupted:
-        for run_id in callback.open_run_ids():
+        open_runs = set(callback.open_run_ids()) if callback is not None else set()
+        open_runs |= {r.info.run_id for r in job.store.children(parent_id) if r.info.status == "RUNNING"}
+        for run_id in open_runs:
             job.store.set_status(run_id, "KILLED")
         job.store.set_status(parent_id, "KILLED")
     return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path)

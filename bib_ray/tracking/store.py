@@ -85,6 +85,7 @@ class Store:
                 retrying(lambda: self.client.restore_experiment(existing.experiment_id))
             self.experiment_id = existing.experiment_id
         self.experiment = experiment
+        self._last_stamp_ms = 0
 
     # runs ---------------------------------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
@@ -127,10 +128,14 @@ class Store:
         return self.log_metric_rows(run_id, [(step, metrics)])
 
     def log_metric_rows(self, run_id: str, rows: list[tuple[int, dict[str, Any]]]) -> int:
-        """Many steps' metrics in as few batched writes as MLflow allows (1000 per call)."""
+        """Many steps' metrics in as few batched writes as MLflow allows (1000 per call).
+
+        Each call's timestamp is later than the previous call's: MLflow's latest value of a metric is the
+        one with the highest (step, timestamp), so a value logged after another at the same step (a
+        trial's final record at its last step) must never share its millisecond."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = self._last_stamp_ms = max(int(time.time() * 1000), self._last_stamp_ms + 1)
         batch = [Metric(k, float(v), now, step) for step, metrics in rows for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
         for start in range(0, len(batch), 1000):

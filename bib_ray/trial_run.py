@@ -1,0 +1,94 @@
+"""One trial's work, free of Ray: run a spec on each LM seed x design seed, report steps in batches,
+and end with a :class:`~bib_ray.trial_records.FinalRecord` of means over the replicates.
+
+Why apart from the Tune trainable: this is the part that does BIB; Tune only gives it a spec and a
+way to send records (``emit``). It can be called and tested without Ray, and the Tune wrapper
+(:mod:`bib_ray.distributed.trainable`) stays a few lines about resources and devices.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from bib_ray.spec import RunSpec
+from bib_ray.trial_records import SPREAD_METRICS, FinalRecord, StepReport, StepRow, TrialTiming, WorkerInfo
+
+Emit = Callable[[StepReport | FinalRecord], None]
+
+
+def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], report_every: int, emit: Emit,
+                   node: str = "", on_iteration: Callable[[int], None] | None = None) -> FinalRecord:
+    """Run ``spec`` once per (LM seed, design seed); emit a :class:`StepReport` every ``report_every``
+    steps and at each replicate's end, then the :class:`FinalRecord` (also returned).
+
+    ``on_iteration(global_step)`` is called before each step is recorded (fault injection in tests).
+    A run whose losses turn non-finite ends the trial with a failed final record.
+    """
+    from bib_ray import outputs, workbench
+    from bib_ray.core.engine import NonFiniteLossError
+    from bib_ray.runner import run_bib
+
+    started, started_at = time.perf_counter(), time.time()
+    report_every = max(1, report_every)
+    setup_seconds = design_seconds = run_seconds = 0.0
+    iteration = 0
+    pending: list[StepRow] = []
+    finals: list[dict[str, float]] = []
+    fingerprints: list[str] = []
+    last = None
+
+    def worker() -> WorkerInfo:
+        return WorkerInfo(pid=os.getpid(), node=node, lm_loads=workbench.LM_LOADS)
+
+    for lm_seed in lm_seeds:
+        lm_spec = spec if lm_seed is None else spec.with_updates({"lm_pretrain.seed": lm_seed})
+        tick = time.perf_counter()
+        bench = workbench.get_workbench(lm_spec)
+        setup_seconds += time.perf_counter() - tick
+        for seed in seeds:
+            seeded = lm_spec.with_updates({"engine.seed": seed})
+            steps = seeded.engine.steps_for(bench.task.default_steps)
+            offset = iteration  # the global step before this replicate
+
+            def on_step(metrics: dict[str, float], seed: int = seed, lm_seed: int | None = lm_seed,
+                        steps: int = steps) -> None:
+                nonlocal iteration
+                iteration += 1
+                if on_iteration is not None:
+                    on_iteration(iteration)
+                row = {k: v for k, v in metrics.items() if k != "step"}
+                pending.append(StepRow(step=iteration, seed=seed, lm_seed=lm_seed, metrics=row))
+                if iteration % report_every == 0 or metrics["step"] == steps:
+                    emit(StepReport(rows=tuple(pending), worker=worker()))
+                    pending.clear()
+
+            def criteria_at(step: int, offset: int = offset) -> bool:
+                return (offset + step) % report_every == 0  # the steps a report carries get every criterion
+
+            try:
+                last = run_bib(seeded, on_step=on_step, bench=bench, criteria_at=criteria_at)
+            except NonFiniteLossError as err:
+                failed = FinalRecord(step=iteration, metrics={}, replicates=len(finals), worker=worker(),
+                                     failed_reason=str(err))
+                emit(failed)
+                return failed
+            design_seconds += last.seconds["engine"]
+            run_seconds += last.seconds["setup"] + last.seconds["design"]
+            finals.append({k: v for k, v in last.metrics.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seed", "lm_seed")})
+        fingerprints.append(bench.proxy.fingerprint())
+    means = {key: float(np.mean([f[key] for f in finals])) for key in finals[0] if all(key in f for f in finals)}
+    means.update({f"{key}_std": float(np.std([f[key] for f in finals])) for key in SPREAD_METRICS if key in means})
+    provenance = {"lm_fingerprint": ",".join(fingerprints), "torch_version": str(last.metrics["torch_version"]),
+                  "transformers_version": str(last.metrics["transformers_version"])}
+    timing = TrialTiming(started_at=started_at, ended_at=time.time(), setup_seconds=setup_seconds,
+                         design_seconds=design_seconds, run_seconds=run_seconds,
+                         trial_seconds=time.perf_counter() - started)
+    final = FinalRecord(step=iteration, metrics=means, replicates=len(finals), worker=worker(), timing=timing,
+                        provenance=provenance, designs=outputs.designs_rows(last))
+    emit(final)
+    return final
