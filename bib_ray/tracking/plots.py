@@ -204,7 +204,7 @@ def plot_param_importances(names: Sequence[str], values: Sequence[float], path: 
         ax.set_xlim(0, max(1e-12, float(widths.max())) * 1.18)
     else:
         ax.text(0.5, 0.5, "no parameters", ha="center", va="center")
-    ax.set_xlabel("importance (share of the objective's variance)")
+    ax.set_xlabel("importance (main effect on the objective's variance, normalised to sum to 1)")
     ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     return _save(fig, path)
