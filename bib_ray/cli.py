@@ -122,9 +122,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bib_ray.tracking.report import run_report_command
+    from bib_ray.tracking.report import run_report
 
-    return run_report_command(args)
+    return run_report(args.target, tracking_uri=args.tracking_uri, output=args.output, reference=args.reference)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -16,7 +15,7 @@ from bib_ray.criteria import CRITERIA_NAMES
 from bib_ray.errors import BibInputError
 from bib_ray.tracking.agreement import (agreement_table, bootstrap_interval, build_agreement, expected_top_mean,
                                         find_report_parent, kendall_rows, spearman_rows, to_csv)
-from bib_ray.tracking.report import run_report_command
+from bib_ray.tracking.report import run_report
 
 from ablation_fixtures import local_store, make_synthetic_ablation
 from helpers import assert_one_line_error, run_cli
@@ -178,9 +177,8 @@ def test_no_oracle_and_no_finished_trial_are_refused(searches, tmp_path):
     with pytest.raises(BibInputError, match="no trial that ran to the end"):
         build_agreement(client, client.get_run(searches["empty"]), tmp_path / "o")
     assert agreement_table([{"task": "csv", "metrics": {"offline_proxy_mean": 1.0}}]) == []
-    args = argparse.Namespace(target="csv_search", tracking_uri=searches["uri"], output=str(tmp_path / "o"))
     with pytest.raises(BibInputError, match="csv has no oracle"):
-        run_report_command(args)
+        run_report("csv_search", tracking_uri=searches["uri"], output=str(tmp_path / "o"))
 
 
 def test_cli_prints_the_agreement_table(searches, tmp_path):

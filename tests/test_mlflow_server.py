@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 
 from mlflow.tracking import MlflowClient
 
-from bib_ray.tracking.report import build_report, find_parent, run_report_command
+from bib_ray.tracking.report import build_report, find_parent, run_report
 from bib_ray.tracking.store import Store
 
 from ablation_fixtures import make_synthetic_ablation
@@ -41,8 +40,7 @@ def test_report_through_the_server(mlflow_server, tmp_path, capsys):  # noqa: F8
     assert open(downloaded).read() == report.table_csv.read_text() == report.csv
 
     assert find_parent(client, NAME).info.run_id == parent
-    code = run_report_command(argparse.Namespace(target=parent, tracking_uri=mlflow_server,
-                                                  output=str(tmp_path / "cli")))
+    code = run_report(parent, tracking_uri=mlflow_server, output=str(tmp_path / "cli"))
     out = capsys.readouterr().out
     assert code == 0 and "| tfbind8 | learned+eta | 2 |" in out
     assert "skipped cells: 1 failed" in out and mlflow_server in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -13,9 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bib_ray.errors import BibInputError
-from bib_ray.tracking.plots import trajectory_data
-from bib_ray.tracking.report import (build_report, collect_cells, find_parent, run_report_command, summarise,
-                                     to_csv, to_markdown, variant_label)
+from bib_ray.tracking.report import (build_report, collect_cells, find_parent, run_report, summarise, to_csv,
+                                     to_markdown, trajectory_data, variant_label)
 
 from ablation_fixtures import STEPS, cell_values, local_store, make_synthetic_ablation
 from helpers import assert_one_line_error, run_cli
@@ -175,9 +173,8 @@ def test_helpers_on_empty_input_and_no_finished_cells(ablation, tmp_path):
     assert to_markdown([]).startswith("| task | variant |")
     with pytest.raises(BibInputError, match="no finished cells"):
         build_report(ablation["client"], ablation["empty"], tmp_path / "out")
-    missing = argparse.Namespace(target=NAME, tracking_uri=f"sqlite:///{tmp_path / 'nope.db'}", output=str(tmp_path))
     with pytest.raises(BibInputError, match="no MLflow store"):
-        run_report_command(missing)
+        run_report(NAME, tracking_uri=f"sqlite:///{tmp_path / 'nope.db'}", output=str(tmp_path))
     assert not (tmp_path / "nope.db").exists()
     a_file = tmp_path / "file"
     a_file.write_text("x")

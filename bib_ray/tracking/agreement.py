@@ -28,11 +28,14 @@ import numpy as np
 
 from bib_ray.criteria import CRITERIA, CRITERIA_BY_NAME
 from bib_ray.errors import BibInputError
+from bib_ray.tracking.agreement_plots import plot_agreement
+from bib_ray.tracking.history import FINAL_METRIC
+from bib_ray.tracking.output import prepare_output_dir
+from bib_ray.tracking.runs import KIND_TAG, NAME_TAG, child_runs, collect_cells, find_parent
 from bib_ray.tracking.store import retrying
 
 ORACLE_MEDIAN = "normalized_median"
 ORACLE_MAX = "normalized_max"
-FINAL_METRIC = "design_seconds"  # logged with a trial's final record only
 REPORT_DIR = "report"
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -45,8 +48,6 @@ LOGGED = ("spearman_median", "spearman_max", "kendall_median", "regret_top1")
 # --- finding the parent ----------------------------------------------------------------------------
 def find_report_parent(client, target: str):
     """The parent run of a search or an ablation, by run id or by name (the newest parent of that name)."""
-    from bib_ray.tracking.report import find_parent
-
     return find_parent(client, target, kinds=PARENT_KINDS, fix=FIND_FIX)
 
 
@@ -54,8 +55,6 @@ def find_report_parent(client, target: str):
 def trial_rows(client, parent) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Finished trials (searches) or cells (ablations) that ran to the end: ``run_id, name, task, metrics``;
     and how many children were left out, by reason."""
-    from bib_ray.tracking.report import KIND_TAG, child_runs, collect_cells
-
     parent_id = parent.info.run_id
     children = child_runs(client, parent_id)
     left_out: dict[str, int] = {}
@@ -252,9 +251,6 @@ def build_agreement(client, parent, out_dir: str | Path, samples: int = BOOTSTRA
 
     One-line input errors: no trial ran to the end; no task of the trials has an oracle.
     """
-    from bib_ray.tracking.agreement_plots import plot_agreement
-    from bib_ray.tracking.report import KIND_TAG, _prepare_dir
-
     parent_id = parent.info.run_id
     kind = parent.data.tags.get(KIND_TAG, "search")
     rows, left_out = trial_rows(client, parent)
@@ -267,7 +263,7 @@ def build_agreement(client, parent, out_dir: str | Path, samples: int = BOOTSTRA
     if not table:
         raise BibInputError("report", f"task {', '.join(no_oracle)} has no oracle, so no criterion can be checked "
                             "against one", "the agreement report needs a benchmark task (tfbind8, aav, ehrlich)")
-    out = _prepare_dir(out_dir)
+    out = prepare_output_dir(out_dir)
     markdown = to_markdown(table)
     report = AgreementReport(parent_id=parent_id, table=table, markdown=markdown, csv_path=out / "agreement.csv",
                              md_path=out / "agreement.md", left_out=left_out, no_oracle=no_oracle)
@@ -301,8 +297,6 @@ def _metric_batch(metrics: dict[str, float]) -> list:
 
 def print_agreement(client, parent, out_dir: str | Path, uri: str) -> AgreementReport:
     """Build the agreement report and print its table and where the files went."""
-    from bib_ray.tracking.report import KIND_TAG, NAME_TAG
-
     report = build_agreement(client, parent, out_dir)
     kind = parent.data.tags.get(KIND_TAG, "search")
     name = parent.data.tags.get(NAME_TAG, "?")

@@ -1,19 +1,22 @@
-"""Ablation plots: final scores per variant (with every seed shown) and score trajectories over steps.
+"""Report plots: final scores per variant (every seed shown), paired differences, score trajectories over
+steps, and a search's parameter importances.
 
-Why matplotlib's object API with the Agg canvas (not ``pyplot``): no display is needed or touched, no
-global backend is switched under a notebook or a Ray worker, and figures are freed when they go out of
-scope instead of piling up in pyplot's registry.
+Why plain data in, PNG out: every function here takes rows (dicts), small dataclasses and numpy arrays
+that the reports gathered from MLflow, so a plot can be drawn, tested and reused without a tracking store,
+and this module imports neither MLflow nor the reports (a test checks it). Why matplotlib's object API
+with the Agg canvas (not ``pyplot``): no display is needed or touched, no global backend is switched under
+a notebook or a Ray worker, and figures are freed when they go out of scope instead of piling up in
+pyplot's registry.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-
-from bib_ray.tracking.store import retrying
 
 PANEL_W, PANEL_H, DPI = 5.0, 4.2, 110
 MAX_COLUMNS = 3
@@ -40,12 +43,6 @@ def _by_task(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {task: groups[task] for task in sorted(groups)}
 
 
-def _labels(rows: list[dict[str, Any]]) -> list[str]:
-    from bib_ray.tracking.report import variant_sort_key
-
-    return sorted({r["variant"] for r in rows}, key=variant_sort_key)
-
-
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,13 +57,15 @@ def plot_scores(rows: list[dict[str, Any]], summary: list[dict[str, Any]], path:
     """One row of panels per task (max, median): every replicate as a point, one marker per LM seed,
     and each variant's mean with its 95% interval (from ``summary``).
 
+    ``rows`` are the finished cells (``task, variant, lm_seed, metrics``); ``summary`` the report's entries,
+    one per (task, variant) in table order, each naming its score source (``score``) and the metric behind
+    each column (``max_metric``, ``median_metric``): the panels follow that order and those metrics.
+
     Why points and intervals, not bars: with a handful of replicates the values themselves show the spread
     and which LM a outlying replicate came from; the interval is the one the table prints. The legend
     sits outside the axes, so it never covers data. Tasks without an oracle plot proxy scores, and their
     axis says so.
     """
-    from bib_ray.tracking.report import score_metric, score_source
-
     tasks = _by_task(rows)
     columns = ("max", "median")
     fig, axes = _figure(max(1, len(tasks) * len(columns)), columns=len(columns))
@@ -74,12 +73,13 @@ def plot_scores(rows: list[dict[str, Any]], summary: list[dict[str, Any]], path:
     markers = {seed: LM_MARKERS[i % len(LM_MARKERS)] for i, seed in enumerate(lm_seeds)}
     by_key = {(e["task"], e["variant"]): e for e in summary}
     for t, (task, task_rows) in enumerate(tasks.items()):
-        source = score_source(task_rows)
-        labels = _labels(task_rows)
+        entries = [e for e in summary if e["task"] == task]
+        source = entries[0]["score"] if entries else "proxy"
+        labels = [e["variant"] for e in entries]
         x = np.arange(len(labels))
         for c, column in enumerate(columns):
             ax = axes[t * len(columns) + c]
-            metric = score_metric(source, column)
+            metric = entries[0][f"{column}_metric"] if entries else column
             for i, label in enumerate(labels):
                 mine = [r for r in task_rows if r["variant"] == label and metric in r["metrics"]]
                 for j, seed in enumerate(lm_seeds):
@@ -141,79 +141,70 @@ def plot_paired(paired_rows: list[dict[str, Any]], path: str | Path, column: str
     return _save(fig, path)
 
 
-def metric_steps(client: Any, run_id: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 1..T and values of a metric's per-step history, without the final record at step T+1.
+@dataclass(frozen=True)
+class TrajectoryPanel:
+    """One task's trajectories: per variant label (in legend order), a dict of arrays ``steps`` and the
+    ``mean``, ``min`` and ``max`` over seeds at each step; ``metric`` names the y axis, ``proxy`` says the
+    task has no oracle."""
 
-    Why drop the last step: the driver logs the final values once more at step T+1 (so the latest value
-    is the final one); plotted, it would look like an extra design step. A retried step logged twice
-    keeps its latest value.
-    """
-    client = getattr(client, "client", client)
-    history = retrying(lambda: client.get_metric_history(run_id, metric))
-    latest: dict[int, tuple[int, float]] = {}
-    for m in history:
-        if m.step not in latest or m.timestamp >= latest[m.step][0]:
-            latest[m.step] = (m.timestamp, m.value)
-    steps = sorted(latest)
-    if len(steps) > 1:
-        steps = steps[:-1]
-    return np.array(steps, dtype=int), np.array([latest[s][1] for s in steps], dtype=float)
+    task: str
+    metric: str
+    lines: dict[str, dict[str, np.ndarray]]
+    proxy: bool = False
 
 
-def trajectory_data(client: Any, rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per variant label: ``steps``, and ``mean``, ``min``, ``max`` over seeds at each step.
+def plot_trajectories(panels: Sequence[TrajectoryPanel], path: str | Path) -> Path:
+    """One panel per task: the best design score against design step per variant.
 
-    A step some seed lacks (a shorter run) is averaged over the seeds that have it.
-    """
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for label in _labels(rows):
-        per_step: dict[int, list[float]] = {}
-        for row in rows:
-            if row["variant"] != label:
-                continue
-            steps, values = metric_steps(client, row["run_id"], metric)
-            for s, v in zip(steps, values):
-                per_step.setdefault(int(s), []).append(float(v))
-        steps = np.array(sorted(per_step), dtype=int)
-        out[label] = {"steps": steps,
-                      "mean": np.array([np.mean(per_step[s]) for s in steps], dtype=float),
-                      "min": np.array([np.min(per_step[s]) for s in steps], dtype=float),
-                      "max": np.array([np.max(per_step[s]) for s in steps], dtype=float)}
-    return out
-
-
-def plot_trajectories(client: Any, children: list, path: str | Path) -> Path:
-    """One panel per task: normalized max (proxy max without an oracle) against design step per variant.
-
-    The line is the mean over seeds, the shaded band the min-max over seeds. ``children`` are rows from
-    :func:`bib_ray.tracking.report.collect_cells` (or MLflow child runs; unfinished ones are skipped).
+    The line is the mean over seeds, the shaded band the min-max over seeds. A variant keeps its colour
+    across panels.
     """
     from matplotlib.ticker import MaxNLocator
 
-    from bib_ray.tracking.report import collect_cells, score_metric, score_source
-
-    if children and not isinstance(children[0], dict):
-        children = collect_cells(client, "", children)
-    tasks = _by_task(children)
-    fig, axes = _figure(len(tasks))
-    colors = {}
-    for ax, (task, task_rows) in zip(axes, tasks.items()):
-        source = score_source(task_rows)
-        metric = score_metric(source, "max")
-        for label, data in trajectory_data(client, task_rows, metric).items():
-            if not data["steps"].size:
+    fig, axes = _figure(len(panels))
+    colors: dict[str, str] = {}
+    for ax, panel in zip(axes, panels):
+        for label, data in panel.lines.items():
+            if not np.asarray(data["steps"]).size:
                 continue
             color = colors.setdefault(label, f"C{len(colors) % 10}")
             ax.plot(data["steps"], data["mean"], color=color, label=label)
             ax.fill_between(data["steps"], data["min"], data["max"], color=color, alpha=0.2, linewidth=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(task)
+        ax.set_title(panel.task)
         ax.set_xlabel("design step")
-        ax.set_ylabel(metric + ("" if source == "normalized" else " (no oracle)"))
+        ax.set_ylabel(panel.metric + (" (no oracle)" if panel.proxy else ""))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    if not tasks:
+    if not panels:
         axes[0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
     fig.suptitle("Best design score per step\n(mean over seeds, band: min to max)")
+    return _save(fig, path)
+
+
+def plot_param_importances(names: Sequence[str], values: Sequence[float], path: str | Path,
+                           title: str = "Parameter importances") -> Path:
+    """A horizontal bar per parameter, the most important on top, its value printed beside the bar.
+
+    ``names`` and ``values`` are in any order; they are drawn sorted by value.
+    """
+    order = sorted(range(len(names)), key=lambda i: (-float(values[i]), str(names[i])))
+    labels = [str(names[i]) for i in order][::-1]  # barh draws bottom-up: the largest last = on top
+    widths = np.array([float(values[i]) for i in order][::-1], dtype=float)
+    fig, axes = _figure(1, height=max(2.0, 0.45 * len(labels) + 1.2), columns=1)
+    ax = axes[0]
+    fig.set_figwidth(PANEL_W * 1.4)
+    if labels:
+        y = np.arange(len(labels))
+        ax.barh(y, widths, color="tab:blue")
+        ax.set_yticks(y, labels)
+        for yi, width in zip(y, widths):
+            ax.text(width, yi, f" {width:.3f}", va="center", fontsize="small")
+        ax.set_xlim(0, max(1e-12, float(widths.max())) * 1.18)
+    else:
+        ax.text(0.5, 0.5, "no parameters", ha="center", va="center")
+    ax.set_xlabel("importance (main effect on the objective's variance, normalised to sum to 1)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
     return _save(fig, path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,227 +27,20 @@ from typing import Any, Iterable
 import numpy as np
 
 from bib_ray.errors import BibInputError
+from bib_ray.tracking.history import metric_per_step, seed_band
+from bib_ray.tracking.output import prepare_output_dir
+from bib_ray.tracking.plots import TrajectoryPanel, plot_paired, plot_scores, plot_trajectories
+from bib_ray.tracking.runs import (COLUMNS, KIND_TAG, NAME_TAG, child_runs, client_of, collect_cells,
+                                   lm_seed_sort_key, score_metric, score_source, seed_sort_key, variant_sort_key)
+from bib_ray.tracking.runs import find_parent, is_ablation_parent, variant_label  # noqa: F401 - callers import them here
 from bib_ray.tracking.stats import mean_ranks, paired_difference, replicate_interval
 from bib_ray.tracking.store import resolve_tracking_uri, retrying
 
-KIND_TAG = "bib_ray.kind"
-NAME_TAG = "bib_ray.name"
-PARENT_TAG = "mlflow.parentRunId"
-VARIANT_ORDER = ("forward", "backward", "fixed", "learned", "grad")
-ETA_SUFFIX = "+eta"
 REPORT_DIR = "report"
-FIND_FIX = "give a parent run id or an ablation name; list them in the MLflow UI"
-
-# Summary columns: name -> (metric when the task has an oracle, metric when it has only the proxy).
-COLUMNS: dict[str, tuple[str, str]] = {
-    "max": ("normalized_max", "proxy_max"),
-    "median": ("normalized_median", "proxy_median"),
-    "mean": ("normalized_mean", "proxy_mean"),
-    "edit_distance": ("mean_edit_distance", "mean_edit_distance"),
-    "offline_proxy_mean": ("offline_proxy_mean", "offline_proxy_mean"),
-}
+DEFAULT_OUTPUT = "ablation_report"
 MARKDOWN_COLUMNS = (("max", "max"), ("median", "median"), ("mean", "mean"), ("edit_distance", "edit distance"))
 INTERVAL_COLUMNS = ("max", "median", "mean")  # columns whose Markdown cell shows the 95% interval
 PAIRED_COLUMNS = ("max", "median", "mean")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-# --- lookup -------------------------------------------------------------------------------------
-def _client(client_or_store: Any):
-    """A :class:`~bib_ray.tracking.store.Store` or an ``MlflowClient``: the client either way."""
-    return getattr(client_or_store, "client", client_or_store)
-
-
-def _quote(value: str) -> str:
-    """A string literal for an MLflow filter (which has no escapes: pick the quote the value lacks)."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise BibInputError("target", f"{value!r} contains both kinds of quote", FIND_FIX)
-
-
-def _all_experiment_ids(client) -> list[str]:
-    from mlflow.entities import ViewType
-
-    ids: list[str] = []
-    token = None
-    while True:
-        page = retrying(lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                                          page_token=token))
-        ids += [e.experiment_id for e in page]
-        token = page.token
-        if not token:
-            return ids
-
-
-def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
-    """Every run matching the filter (all pages), experiments queried in chunks a server accepts."""
-    runs: list = []
-    for start in range(0, len(experiment_ids), 50):
-        chunk = experiment_ids[start:start + 50]
-        token = None
-        while True:
-            page = retrying(lambda: client.search_runs(chunk, filter_string, max_results=1000, page_token=token))
-            runs += list(page)
-            token = page.token
-            if not token:
-                break
-    return runs
-
-
-KIND_MEMBERS = {"search": "trial", "ablation": "cell"}  # a parent's kind -> what its children are
-
-
-def is_parent(run, kinds: tuple[str, ...]) -> bool:
-    """A parent run of one of ``kinds``: the kind tag (which its children carry too) and no parent of its own."""
-    return run.data.tags.get(KIND_TAG) in kinds and PARENT_TAG not in run.data.tags
-
-
-def is_ablation_parent(run) -> bool:
-    """An ablation's parent run."""
-    return is_parent(run, ("ablation",))
-
-
-def find_parent(client_or_store: Any, target: str, kinds: tuple[str, ...] = ("ablation",), fix: str = FIND_FIX):
-    """The parent run of one of ``kinds``, from its run id or its name (the most recent parent of that name).
-
-    Why both: a user remembers the plan name; a script holds the run id; a re-run of the same plan makes
-    a new parent, and the newest is the one meant. ``fix`` is the hint every error carries.
-    """
-    from mlflow.exceptions import MlflowException
-
-    client = _client(client_or_store)
-    order = [kind for kind in KIND_MEMBERS if kind in kinds]
-    noun = " or ".join(order)
-    members = " or ".join(KIND_MEMBERS[kind] for kind in order)
-    target = str(target).strip()
-    if not target:
-        raise BibInputError("target", "is empty", fix)
-    if _RUN_ID.match(target):
-        try:
-            run = retrying(lambda: client.get_run(target))
-        except MlflowException as err:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code) and "not found" not in str(err).lower():
-                raise
-            run = None
-        if run is not None and run.info.lifecycle_stage == "deleted":
-            raise BibInputError("target", f"run {target} is deleted", "restore it in the MLflow UI, or " + fix)
-        if run is not None:
-            if is_parent(run, kinds):
-                return run
-            parent = run.data.tags.get(PARENT_TAG)
-            hint = f"; it is a {members} of parent run {parent}" if parent else ""
-            article = "an" if noun[0] in "aeiou" else "a"
-            raise BibInputError("target", f"run {target} is not {article} {noun} parent run{hint}", fix)
-    # Every experiment: the driver names its experiment after the plan, but a user may have moved runs
-    # or reused a name under another experiment; the newest parent wins wherever it is.
-    ids = _all_experiment_ids(client)
-    found = []
-    for kind in order:
-        filter_string = f"tags.`{KIND_TAG}` = '{kind}' and tags.`{NAME_TAG}` = {_quote(target)}"
-        found += [r for r in _search_all(client, ids, filter_string) if is_parent(r, kinds)]
-    if not found:
-        raise BibInputError("target", f"no {noun} parent run with id or name {target!r}", fix)
-    return max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-
-# --- rows and summary -----------------------------------------------------------------------------
-def variant_label(variant: str, adaptive_eta: Any) -> str:
-    """``learned`` or ``learned+eta``: the variant as the table names it."""
-    eta = str(adaptive_eta).strip().lower() == "true"
-    return f"{variant}{ETA_SUFFIX if eta else ''}"
-
-
-def _seed(value: str | None) -> int | str:
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _lm_seed(value: str | None) -> int | str | None:
-    """The ``lm_seed`` tag: an int, None for an explicit LM (tag ``none``) or a run from before the tag."""
-    if value is None or value == "none":
-        return None
-    return _seed(value)
-
-
-def _explicit_lm(param: str | None) -> str:
-    """The ``lm`` param as logged (MLflow stores ``None`` as the text "None"): ``default`` for bib-ray's LM."""
-    return "default" if param in (None, "", "None", "null") else param
-
-
-def _row(run) -> dict[str, Any]:
-    tags = run.data.tags
-    return {"run_id": run.info.run_id, "task": tags.get("task_label") or tags.get("task", "?"),
-            "variant": variant_label(tags.get("variant", "?"), tags.get("adaptive_eta", "false")),
-            "seed": _seed(tags.get("seed")), "lm_seed": _lm_seed(tags.get("lm_seed")),
-            "lm": _explicit_lm(run.data.params.get("lm")), "lm_fingerprint": tags.get("lm_fingerprint", ""),
-            "cell": tags.get("cell", run.info.run_name or ""), "status": run.info.status,
-            "metrics": dict(run.data.metrics)}
-
-
-def child_runs(client_or_store: Any, parent_id: str) -> list:
-    """Every (non-deleted) child run of the parent, whatever its status."""
-    client = _client(client_or_store)
-    parent = retrying(lambda: client.get_run(parent_id))
-    return _search_all(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'")
-
-
-def collect_cells(client_or_store: Any, parent_id: str, children: Iterable | None = None) -> list[dict[str, Any]]:
-    """One row per FINISHED cell: ``run_id, task, variant`` (label), ``seed, cell, status, metrics``.
-
-    ``metrics`` holds ``run.data.metrics``, i.e. each metric's latest value, which is the final record
-    the driver logs at step T+1. Why only FINISHED: a failed or killed cell has partial or no finals and
-    would bias a mean. A cell finished twice (a ``--force`` re-run as a new child) counts once, by its
-    newest run, so it cannot pass for an extra seed; cells are told apart by the ``cell_key`` tag, else by
-    (task, variant label, seed). Pass ``children`` (runs already fetched) to avoid a second search.
-    """
-    runs = child_runs(client_or_store, parent_id) if children is None else list(children)
-    newest: dict[tuple, Any] = {}
-    for run in runs:
-        if run.info.status != "FINISHED":
-            continue
-        tags = run.data.tags
-        key = (("key", tags["cell_key"]) if tags.get("cell_key") else
-               ("cell", tags.get("task_label") or tags.get("task"), variant_label(tags.get("variant", "?"), tags.get("adaptive_eta")),
-                tags.get("lm_seed"), tags.get("seed")))
-        order = (run.info.start_time or 0, run.info.end_time or 0, run.info.run_id)
-        if key not in newest or order > newest[key][0]:
-            newest[key] = (order, run)
-    rows = [_row(run) for _, run in newest.values()]
-    return sorted(rows, key=lambda r: (r["task"], variant_sort_key(r["variant"]), _lm_sort_key(r["lm_seed"]),
-                                       seed_sort_key(r["seed"]), r["run_id"]))
-
-
-def _lm_sort_key(lm_seed: int | str | None) -> tuple:
-    return (-1, 0, "") if lm_seed is None else seed_sort_key(lm_seed)
-
-
-def seed_sort_key(seed: int | str) -> tuple:
-    """Integer seeds in numeric order (2 before 10), any other seed tag after them by text."""
-    return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
-
-
-def variant_sort_key(label: str) -> tuple:
-    """forward, forward+eta, backward, ..., grad+eta; unknown variants after, by name."""
-    eta = label.endswith(ETA_SUFFIX)
-    base = label[:-len(ETA_SUFFIX)] if eta else label
-    rank = VARIANT_ORDER.index(base) if base in VARIANT_ORDER else len(VARIANT_ORDER)
-    return (rank, base, eta)
-
-
-def score_source(rows: Iterable[dict[str, Any]]) -> str:
-    """``normalized`` when every row has the oracle's ``normalized_max``, else ``proxy``."""
-    rows = list(rows)
-    return "normalized" if rows and all("normalized_max" in r["metrics"] for r in rows) else "proxy"
-
-
-def score_metric(source: str, column: str = "max") -> str:
-    """The MLflow metric behind a summary column for a score source (``normalized_max``, ``proxy_max``)."""
-    oracle, proxy = COLUMNS[column]
-    return oracle if source == "normalized" else proxy
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -268,7 +60,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups = _group(task_rows, "variant")
         for label in sorted(groups, key=variant_sort_key):
             group = groups[label]
-            lm_seeds = sorted({r["lm_seed"] for r in group}, key=_lm_sort_key)
+            lm_seeds = sorted({r["lm_seed"] for r in group}, key=lm_seed_sort_key)
             entry: dict[str, Any] = {"task": task, "variant": label, "seeds": len(group), "lm_seeds": len(lm_seeds),
                                      "score": source, "lm_seed_list": lm_seeds,
                                      "seed_list": sorted({r["seed"] for r in group}, key=seed_sort_key),
@@ -539,16 +331,25 @@ class Report:
         return "\n".join(parts)
 
 
-def _prepare_dir(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise BibInputError("--output", f"{str(out)!r} is a file, not a folder", "give a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BibInputError("--output", f"cannot create folder {str(out)!r}: {err.strerror}",
-                            "give a writable folder") from None
-    return out
+def trajectory_data(client: Any, rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per variant label (table order): ``steps`` and the ``mean``, ``min``, ``max`` over the rows' runs of
+    ``metric`` at each design step, read from the runs' MLflow histories (final records left out, see
+    :mod:`bib_ray.tracking.history`). A step some seed lacks is summarised over the seeds that have it."""
+    labels = sorted({r["variant"] for r in rows}, key=variant_sort_key)
+    return {label: seed_band(metric_per_step(client, r["run_id"], metric) for r in rows if r["variant"] == label)
+            for label in labels}
+
+
+def trajectory_panels(client: Any, rows: list[dict[str, Any]]) -> list[TrajectoryPanel]:
+    """One :class:`~bib_ray.tracking.plots.TrajectoryPanel` per task: the max score (normalized with an
+    oracle, else the proxy's) per design step and variant."""
+    panels = []
+    for task, task_rows in _group(rows, "task").items():
+        source = score_source(task_rows)
+        metric = score_metric(source, "max")
+        panels.append(TrajectoryPanel(task=str(task), metric=metric, lines=trajectory_data(client, task_rows, metric),
+                                      proxy=source != "normalized"))
+    return panels
 
 
 def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, reference: str | None = None) -> Report:
@@ -560,9 +361,7 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
     to ``out_dir`` and, as artifacts, to ``report/`` of the parent run, so the MLflow UI shows the same
     tables the terminal printed. Rebuilding overwrites both (the report is a pure function of the store).
     """
-    from bib_ray.tracking.plots import plot_paired, plot_scores, plot_trajectories
-
-    client = _client(store_or_client)
+    client = client_of(store_or_client)
     children = child_runs(client, parent_id)
     rows = collect_cells(client, parent_id, children)
     skipped: dict[str, int] = {}
@@ -573,7 +372,7 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(skipped.items())) or "no cells"
         raise BibInputError("report", f"ablation parent run {parent_id} has no finished cells ({states})",
                             "let `bib-ray ablate` finish a cell, or resume it with --resume")
-    out = _prepare_dir(out_dir)
+    out = prepare_output_dir(out_dir)
     if reference is None:
         parent = retrying(lambda: client.get_run(parent_id))
         reference = parent.data.tags.get("reference") or default_reference(r["variant"] for r in rows)
@@ -600,7 +399,7 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
         report.across_csv.write_text(_csv(report.across_tasks, across_tasks_csv_columns()))
     plot_scores(rows, summary, report.scores_png)
     plot_paired(paired_rows, report.paired_png)
-    plot_trajectories(client, rows, report.trajectory_png)
+    plot_trajectories(trajectory_panels(client, rows), report.trajectory_png)
     for path in report.paths:
         retrying(lambda path=path: client.log_artifact(parent_id, str(path), REPORT_DIR))
     return report
@@ -621,9 +420,17 @@ def _is_unreachable(err: Exception) -> bool:
             or "Name or service not known" in text)
 
 
-def run_report_command(args: Any) -> int:
-    """``bib-ray report TARGET``: find the parent, rebuild and log the report, print the table."""
-    uri = resolve_tracking_uri(getattr(args, "tracking_uri", None))
+def run_report(target: str, tracking_uri: str | None = None, output: str | Path = DEFAULT_OUTPUT,
+               reference: str | None = None) -> int:
+    """``bib-ray report TARGET``: find the parent (an ablation's or a search's, by run id or name), rebuild
+    and log its report, print the tables; 0 when done. Bad input raises :class:`BibInputError`.
+
+    ``tracking_uri``: else $MLFLOW_TRACKING_URI, else ``sqlite:///mlruns.db`` here; ``output``: the local
+    folder for the files; ``reference``: the variant label paired differences compare against (else the
+    plan's). A search's report is the criteria's agreement table; an ablation's is its comparison table,
+    plus the agreement table when its cells ran on a task with an oracle.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
     _check_store(uri)
     from mlflow.tracking import MlflowClient
 
@@ -631,7 +438,7 @@ def run_report_command(args: Any) -> int:
 
     client = MlflowClient(tracking_uri=uri)
     try:
-        parent = find_report_parent(client, args.target)  # an ablation's or a search's parent
+        parent = find_report_parent(client, target)  # an ablation's or a search's parent
     except BibInputError:
         raise
     except Exception as err:  # noqa: BLE001 - only an unreachable server becomes a user error
@@ -639,11 +446,11 @@ def run_report_command(args: Any) -> int:
             raise BibInputError("tracking-uri", f"cannot reach the MLflow server at {uri}",
                                 "start it or give another --tracking-uri") from None
         raise
-    out_dir = getattr(args, "output", None) or "ablation_report"
+    out_dir = output or DEFAULT_OUTPUT
     if parent.data.tags.get(KIND_TAG) == "search":  # a search's report is the criteria's agreement table
         print_agreement(client, parent, out_dir, uri)
         return 0
-    report = build_report(client, parent.info.run_id, out_dir, getattr(args, "reference", None))
+    report = build_report(client, parent.info.run_id, out_dir, reference)
     name = parent.data.tags.get(NAME_TAG, "?")
     print(report.text, end="")
     if report.skipped:

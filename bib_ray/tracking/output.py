@@ -1,0 +1,25 @@
+"""The local folder a report writes into.
+
+Why shared: the ablation report, the agreement report and the parameter importances all write into a
+folder the user named with ``--output``, and all must refuse a bad one with the same one-line error
+rather than a traceback from deep inside a plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bib_ray.errors import BibInputError
+
+
+def prepare_output_dir(out_dir: str | Path) -> Path:
+    """``out_dir``, created if missing; a one-line ``--output`` error for a file or an unwritable path."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BibInputError("--output", f"{str(out)!r} is a file, not a folder", "give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BibInputError("--output", f"cannot create folder {str(out)!r}: {err.strerror}",
+                            "give a writable folder") from None
+    return out
