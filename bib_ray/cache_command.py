@@ -8,7 +8,6 @@ without removing an entry under a running job: removal takes each entry's lock).
 
 from __future__ import annotations
 
-from typing import Any
 
 from bib_ray.cache_store import CorruptCacheEntry, EntryInfo, discard_locked, scan_entries, verify_entry
 from bib_ray.proxy.small_lm import cache_root
@@ -81,12 +80,3 @@ def cache_clear(kind: str | None = None, task: str | None = None, lm: str | None
         print(f"removed {entry.kind} {entry.path} ({human_size(entry.size)})")
     print(f"removed {len(chosen)} entries, {human_size(sum(e.size for e in chosen))} freed, from {root}")
     return 0
-
-
-def run_cache_command(args: Any) -> int:
-    """CLI entry of ``bib-ray cache ACTION``."""
-    if args.action == "list":
-        return cache_list()
-    if args.action == "verify":
-        return cache_verify()
-    return cache_clear(args.kind, args.task, args.lm)

@@ -110,15 +110,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from bib_ray.distributed.search import run_search_command
+    from bib_ray.distributed.search import search_command
 
-    return run_search_command(args)
+    return search_command(args.space, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
+                          storage=args.storage, best_output=args.best_output, optuna_storage=args.optuna_storage)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from bib_ray.distributed.ablation import run_ablation_command
+    from bib_ray.distributed.ablation import ablate_command
 
-    return run_ablation_command(args)
+    return ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
+                          force=args.force, storage=args.storage, output=args.output)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -128,17 +130,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from bib_ray.cache_command import run_cache_command
+    from bib_ray.cache_command import cache_clear, cache_list, cache_verify
 
-    return run_cache_command(args)
+    if args.action == "list":
+        return cache_list()
+    if args.action == "verify":
+        return cache_verify()
+    return cache_clear(args.kind, args.task, args.lm)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
-        from bib_ray.bench.engine_bench import main as bench_main
-    else:
-        from bib_ray.bench.search_bench import main as bench_main
-    return bench_main(args)
+        from bib_ray.bench.engine_bench import main as engine_bench
+
+        return engine_bench(task=args.task, variant=args.variant, designs=args.designs, steps=args.steps,
+                            loop_designs=args.loop_designs, repeats=args.repeats, device=args.device)
+    from bib_ray.bench.search_bench import main as search_bench
+
+    return search_bench(task=args.task, variant=args.variant, steps=args.steps, trials=args.trials,
+                        address=args.address, gpu=args.gpu)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -201,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_flags(search)
     search.add_argument("--best-output", default="best.yaml", metavar="FILE",
                         help="where to write the best config (a run file for bib-ray run --config)")
+    search.add_argument("--optuna-storage", metavar="URL",
+                        help="Optuna storage (SQLAlchemy URL) for the search's study, which optuna-dashboard "
+                             "and optuna.load_study read (default: sqlite optuna.db beside the MLflow store)")
     search.set_defaults(func=cmd_search)
 
     ablate = sub.add_parser("ablate", help="run an ablation plan on Ray and log it to MLflow",
@@ -245,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (engine benchmark; the median counts)")
     bench.add_argument("--address", help="search benchmark on a running Ray (e.g. auto) instead of a fresh local one")
     bench.add_argument("--variant", default="learned", help="variant (default learned)")
+    bench.add_argument("--device", default="auto", help="engine benchmark: cpu, cuda, cuda:N or auto (default: "
+                       "cuda when there is one)")
+    bench.add_argument("--gpu", type=float, default=0.0, help="search benchmark: GPU share of each trial (e.g. "
+                       "0.25: four trials per GPU; default 0, CPU only)")
     bench.set_defaults(func=cmd_bench)
 
     tasks = sub.add_parser("tasks", help="list the tasks and their options, or one task's choices",

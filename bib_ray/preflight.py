@@ -227,7 +227,7 @@ def check_command_paths(args: Any) -> None:
     """What each ``bib-ray`` command writes to or reads from, checked before it starts."""
     command = args.command
     local = not getattr(args, "address", None)  # on a cluster each node uses its own cache
-    optuna = getattr(args, "optuna_storage", None)  # the option another change adds to search
+    optuna = getattr(args, "optuna_storage", None)
     if command == "run":
         preflight(folders={"--output": args.output}, cache=True)
     elif command == "pretrain":

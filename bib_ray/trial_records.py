@@ -44,6 +44,7 @@ class WorkerInfo:
     pid: int
     node: str
     lm_loads: int
+    device: str = "cpu"  # where the trial's LM and designs ran
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
     last = None
 
     def worker() -> WorkerInfo:
-        return WorkerInfo(pid=os.getpid(), node=node, lm_loads=workbench.LM_LOADS)
+        return WorkerInfo(pid=os.getpid(), node=node, lm_loads=workbench.LM_LOADS, device=spec.device)
 
     for lm_seed in lm_seeds:
         lm_spec = spec if lm_seed is None else spec.with_updates({"lm_pretrain.seed": lm_seed})

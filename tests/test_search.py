@@ -123,3 +123,71 @@ def test_bad_space_is_one_line_error(tmp_path, change, needle):
     (tmp_path / "space.yaml").write_text(text)
     proc = run_cli(["search", "space.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path)
     assert_one_line_error(proc, needle, store=tmp_path / "m.db")
+
+
+# --- the Optuna study in Optuna's own storage ---------------------------------------------------------
+def _study(root):
+    import optuna
+
+    return optuna.load_study(study_name="tiny_search", storage=f"sqlite:///{root}/optuna.db")
+
+
+def test_optuna_storage_holds_the_search_as_mlflow_does(search_run):
+    """Beside the MLflow store, an Optuna study that optuna-dashboard or optuna.load_study can read:
+    one COMPLETE trial per FINISHED child, with the same parameters and value."""
+    import optuna
+
+    space, uri, outcome, root = search_run
+    children = [c for c in Store(uri, space.name).children(outcome.job.parent_id) if c.info.status == "FINISHED"]
+    complete = [t for t in _study(root).trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(children) == 4
+    logged = sorted((float(c.data.params["engine.lr"]), float(c.data.params["engine.beta_scale"]),
+                     c.data.params["engine.variant"], c.data.metrics[space.result_key]) for c in children)
+    studied = sorted((t.params["engine.lr"], t.params["engine.beta_scale"], t.params["engine.variant"], t.value)
+                     for t in complete)
+    for a, b in zip(logged, studied):
+        assert a[2] == b[2] and math.isclose(a[0], b[0], rel_tol=1e-12) and math.isclose(a[1], b[1], rel_tol=1e-12)
+        assert math.isclose(a[3], b[3], rel_tol=1e-12)
+    parent = Store(uri, space.name).client.get_run(outcome.job.parent_id)
+    assert parent.data.tags["optuna_storage"] == f"sqlite:///{root}/optuna.db"
+
+
+def test_parameter_importances_are_on_the_parent_run(search_run):
+    space, uri, outcome, _ = search_run
+    client = Store(uri, space.name).client
+    files = {a.path for a in client.list_artifacts(outcome.job.parent_id, "report")}
+    assert {"report/param_importances.csv", "report/param_importances.md", "report/param_importances.png"} <= files
+    names = [name for name, _ in outcome.importances.importances]
+    assert sorted(names) == sorted(space.params)
+
+
+def test_resume_continues_the_same_study(search_run):
+    space, uri, outcome, root = search_run
+    before = _study(root)
+    again = run_search(space, uri, resume=True, storage=str(root / "runs"), best_output=root / "best_again.yaml")
+    after = _study(root)
+    assert again.job.parent_id == outcome.job.parent_id
+    assert after.user_attrs == before.user_attrs
+    assert [(t.number, t.params, t.value) for t in after.trials] == [(t.number, t.params, t.value)
+                                                                       for t in before.trials]
+
+
+@pytest.mark.parametrize("url,needle", [("notadb://somewhere/x", "--optuna-storage"),
+                                        ("postgresql://127.0.0.1:1/optuna", "--optuna-storage")])
+def test_bad_optuna_storage_is_one_line_error(tmp_path, url, needle):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    proc = run_cli(["search", "space.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--optuna-storage", url],
+                   cwd=tmp_path)
+    assert_one_line_error(proc, needle, store=tmp_path / "m.db")
+
+
+def test_optuna_storage_with_a_study_of_another_space_is_refused(tmp_path):
+    from bib_ray.distributed.optuna_study import prepare_study
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    other = parse_search_space({**SPACE, "params": {"engine.lr": SPACE["params"]["engine.lr"]}}, "other")
+    prepare_study(other, url, resume=False)  # same name, another space
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    proc = run_cli(["search", "space.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--optuna-storage", url],
+                   cwd=tmp_path)
+    assert_one_line_error(proc, "--optuna-storage", "another search space", store=tmp_path / "m.db")

@@ -8,7 +8,6 @@ Prints design-steps per second of each, peak memory, and last ``speedup_vs_loop=
 
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import time
@@ -39,34 +38,35 @@ def _time_engine(spec: RunSpec, bench, steps: int, start_slice: slice | None = N
     return time.perf_counter() - t0
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark and print its figures."""
-    spec = RunSpec().with_updates({"task.name": args.task, "engine.variant": args.variant,
-                                   "engine.designs": args.designs})
+def main(task: str = "tfbind8", variant: str = "learned", designs: int = 128, steps: int | None = None,
+         loop_designs: int = 8, repeats: int = 3, device: str = "auto") -> int:
+    """Run the benchmark and print its figures (``device``: cpu, cuda, cuda:N or auto)."""
+    spec = RunSpec().with_updates({"task.name": task, "engine.variant": variant, "engine.designs": designs,
+                                   "device": device})
     bench = get_workbench(spec)
-    steps = args.steps or 20
+    steps = steps or 20
     device = bench.proxy.device
-    print(f"task={bench.task.name} lm={bench.proxy.name} variant={args.variant} M={args.designs} steps={steps} "
+    print(f"task={bench.task.name} lm={bench.proxy.name} variant={variant} M={designs} steps={steps} "
           f"device={device} threads={torch.get_num_threads()}")
     _time_engine(spec.with_updates({"engine.designs": 2}), bench, 2)  # warm-up
     rss0 = _peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    loop_n = min(args.loop_designs, args.designs)
+    loop_n = min(loop_designs, designs)
     batched_times, loop_times = [], []
-    for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits both alike
+    for _ in range(repeats):  # interleaved, so a busy spell on the machine hits both alike
         batched_times.append(_time_engine(spec, bench, steps))
         loop_times.append(sum(_time_engine(spec, bench, steps, slice(i, i + 1)) for i in range(loop_n)))
     batched_s, loop_s = statistics.median(batched_times), statistics.median(loop_times)
-    batched_rate = args.designs * steps / batched_s
+    batched_rate = designs * steps / batched_s
     loop_rate = loop_n * steps / loop_s
     rss_batched = _peak_rss_mib()
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    print(f"median of {args.repeats} interleaved repeats; speedup per repeat: "
-          + ", ".join(f"{(args.designs / b) / (loop_n / lo):.1f}" for b, lo in zip(batched_times, loop_times)))
-    print(f"batched: {batched_rate:10.1f} design-steps/s  ({batched_s:.2f} s for {args.designs} designs x {steps} steps)")
+    print(f"median of {repeats} interleaved repeats; speedup per repeat: "
+          + ", ".join(f"{(designs / b) / (loop_n / lo):.1f}" for b, lo in zip(batched_times, loop_times)))
+    print(f"batched: {batched_rate:10.1f} design-steps/s  ({batched_s:.2f} s for {designs} designs x {steps} steps)")
     print(f"loop:    {loop_rate:10.1f} design-steps/s  ({loop_s:.2f} s for {loop_n} designs x {steps} steps, "
-          f"extrapolated {args.designs * steps / loop_rate:.1f} s for {args.designs})")
+          f"extrapolated {designs * steps / loop_rate:.1f} s for {designs})")
     print(f"peak_rss_mib={rss_batched:.0f} (before the batched run {rss0:.0f})")
     if cuda_peak is not None:
         print(f"peak_cuda_mib={cuda_peak:.0f}")

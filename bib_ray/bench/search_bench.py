@@ -12,12 +12,12 @@ The wall time counts everything ``bib-ray search`` does: Ray start-up, MLflow lo
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 from bib_ray.distributed.search import run_search
+from bib_ray.errors import BibInputError
 from bib_ray.distributed.space import parse_search_space
 from bib_ray.proxy.small_lm import ensure_default_lm
 from bib_ray.spec import RunSpec
@@ -58,30 +58,41 @@ def _by_worker(finals: list[FinalRecord]) -> dict[int, list[TrialTiming]]:
     return {pid: sorted(timings, key=lambda t: t.started_at) for pid, timings in by_worker.items()}
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark search and print its figures."""
-    steps = args.steps or 20
-    base = RunSpec().with_updates({"task.name": args.task, "engine.steps": steps,
-                                   "engine.variant": args.variant})
+def main(task: str = "tfbind8", variant: str = "learned", steps: int | None = None, trials: int = 16,
+         address: str | None = None, gpu: float = 0.0) -> int:
+    """Run the benchmark search and print its figures (``gpu``: the GPU share of each trial)."""
+    steps = steps or 20
+    base = RunSpec().with_updates({"task.name": task, "engine.steps": steps,
+                                   "engine.variant": variant})
     ensure_default_lm(build_task(base.task), base.lm_pretrain)  # pre-train outside the timing (cached)
     import os
 
     slots = max(1, (os.cpu_count() or 1))
-    if args.address:
+    gpus = 0.0
+    if address:
         import ray
 
-        ray.init(address=args.address, logging_level="ERROR")
+        ray.init(address=address, logging_level="ERROR")
         slots = max(1, int(ray.cluster_resources().get("CPU", slots)))
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+    elif gpu > 0:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    if gpu > 0:  # trials share the GPUs: as many slots as GPU shares (and CPUs) allow
+        if gpus == 0:
+            raise BibInputError("--gpu", "asks a GPU share per trial but there is no GPU", "omit --gpu (CPU only)")
+        slots = max(1, min(slots, int(gpus / gpu + 1e-9)))
     space = parse_search_space({
         "name": "bench_search", "base": base.model_dump(mode="json"),
         "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
                    "engine.beta_scale": {"type": "loguniform", "low": 0.01, "high": 1e4},
                    "engine.gamma_lr": {"type": "loguniform", "low": 1e-3, "high": 1.0}},
-        "trials": args.trials, "concurrency": slots, "scheduler": {"type": "none"},
-        "resources": {"cpu": 1, "gpu": 0}}, "bench")
+        "trials": trials, "concurrency": slots, "scheduler": {"type": "none"},
+        "resources": {"cpu": 1, "gpu": gpu}}, "bench")
     with tempfile.TemporaryDirectory() as tmp:
         t0, started_at = time.perf_counter(), time.time()
-        outcome = run_search(space, f"sqlite:///{tmp}/mlruns.db", address=args.address,
+        outcome = run_search(space, f"sqlite:///{tmp}/mlruns.db", address=address,
                              storage=str(Path(tmp) / "runs"), best_output=Path(tmp) / "best.yaml")
         wall, ended_at = time.perf_counter() - t0, time.time()
     results = [r.metrics for r in outcome.job.results if final_of(r.metrics) is not None]
@@ -95,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
     loads: dict[int, int] = {}
     for f in finals:
         loads[f.worker.pid] = max(loads.get(f.worker.pid, 0), f.worker.lm_loads)
-    print(f"trials={len(finals)}/{args.trials} steps={steps} designs={base.engine.designs} slots={slots}")
+    print(f"trials={len(finals)}/{trials} steps={steps} designs={base.engine.designs} slots={slots} "
+          f"gpu_per_trial={gpu:g} trial_devices={sorted({f.worker.device for f in finals})}")
     print(f"wall_s={wall:.1f} design_step_s_summed={design:.1f} trial_setup_s_summed={setup:.1f} "
           f"trial_total_s_summed={trial_total:.1f} inside_trainable_s={inside:.1f} bib_runs_s={runs:.1f}")
     print(f"workers={len(loads)} lm_loads_per_worker={sorted(loads.values())}")

@@ -8,7 +8,6 @@ Tune's saved state.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,15 +94,17 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
     return AblationOutcome(parent_id, cells, skipped, job_outcome, report)
 
 
-def run_ablation_command(args: argparse.Namespace) -> int:
-    """CLI entry of ``bib-ray ablate``."""
-    plan, base = load_plan(args.plan)
-    uri = resolve_tracking_uri(args.tracking_uri)
-    resume_cmd = " ".join(["bib-ray", "ablate", args.plan, "--resume"] +
-                          (["--address", args.address] if args.address else []) +
-                          ["--tracking-uri", uri] + (["--storage", args.storage] if args.storage else []))
-    outcome = run_ablation(plan, base, uri, args.address, args.resume, args.force, args.storage,
-                           Path(args.plan).read_text(), args.output, resume_cmd)
+def ablate_command(plan_file: str, tracking_uri: str | None = None, address: str | None = None,
+                   resume: bool = False, force: bool = False, storage: str | None = None,
+                   output: str = "ablation_report") -> int:
+    """``bib-ray ablate``: run the plan file's unfinished cells and print the report; returns the exit code."""
+    plan, base = load_plan(plan_file)
+    uri = resolve_tracking_uri(tracking_uri)
+    resume_cmd = " ".join(["bib-ray", "ablate", plan_file, "--resume"] +
+                          (["--address", address] if address else []) +
+                          ["--tracking-uri", uri] + (["--storage", storage] if storage else []))
+    outcome = run_ablation(plan, base, uri, address, resume, force, storage, Path(plan_file).read_text(), output,
+                           resume_cmd)
     if outcome.job is not None and outcome.job.interrupted:
         print(f"ablation interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
         return 130

@@ -7,7 +7,6 @@ the driver logs a parent run and one child per trial, then writes the best trial
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ class SearchOutcome:
     job: JobOutcome
     best_spec: RunSpec | None
     best_metrics: dict[str, Any]
+    optuna_storage: str = ""  # where the search's Optuna study is (study name = search name)
+    importances: Any = None  # bib_ray.tracking.importances.ParamImportances, once the search ended
 
 
 def validate_against_task(space: SearchSpace) -> None:
@@ -70,15 +71,17 @@ def trial_plan(space: SearchSpace) -> TrialPlan:
                      lm_seeds=tuple(space.lm_seeds) if space.lm_seeds else None, report_every=space.report_every)
 
 
-def build_job(space: SearchSpace, store: Store, source_text: str, resume_command: str) -> TuneJob:
-    """The Tune job of a search space."""
+def build_job(space: SearchSpace, store: Store, source_text: str, resume_command: str,
+              optuna_storage: Any = None) -> TuneJob:
+    """The Tune job of a search space (its Optuna study in ``optuna_storage``, an Optuna storage, when given)."""
     from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     key = space.result_key
-    searcher = OptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed))
+    searcher = OptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
+                            study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
     if space.scheduler.type == "asha":
@@ -125,17 +128,24 @@ def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, di
 
 def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None, resume: bool = False,
                storage: str | None = None, source_text: str = "", best_output: str | Path = "best.yaml",
-               resume_command: str = "") -> SearchOutcome:
-    """Run a search end to end and log it; returns the best trial."""
+               resume_command: str = "", optuna_storage: str | None = None) -> SearchOutcome:
+    """Run a search end to end and log it; returns the best trial. The Optuna study goes to
+    ``optuna_storage`` (default: an SQLite file beside the MLflow store)."""
+    from bib_ray.distributed.optuna_study import close_stale_trials, default_storage_url, prepare_study
+
     validate_against_task(space)
+    optuna_url = optuna_storage or default_storage_url(tracking_uri, storage_root(storage))
+    study_storage = prepare_study(space, optuna_url, resume)  # a bad storage fails here, before any run
     if not address:  # locally; on a cluster each node trains its own copy once
         prepare_default_lms(default_lm_variants(space))
     store = open_store_while_ray_starts(tracking_uri, space.name, address)
     check_resources({"cpu": space.resources.cpu, "gpu": space.resources.gpu})
-    job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command)
+    job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command,
+                    study_storage)
     outcome = execute(job, storage_root(storage), resume)
     if outcome.interrupted:
-        return SearchOutcome(outcome, None, {})
+        return SearchOutcome(outcome, None, {}, optuna_url)
+    close_stale_trials(study_storage, space.name)
     best_spec, best_metrics = best_of(outcome, space)
     parent = outcome.parent_id
     if best_spec is not None:
@@ -144,19 +154,41 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
                                    if k in HEADLINE_METRICS + (space.result_key,)}, 0)
         store.log_text(parent, Path(best_output).read_text(), "best.yaml")
         store.set_tags(parent, {"best_trial_id": best_metrics.get("trial_id", "")})
+    store.set_tags(parent, {"optuna_storage": optuna_url, "optuna_study": space.name})
+    importances = log_importances(store, parent, space.name, study_storage)
     store.set_status(parent, "FINISHED")
-    return SearchOutcome(outcome, best_spec, best_metrics)
+    return SearchOutcome(outcome, best_spec, best_metrics, optuna_url, importances)
 
 
-def run_search_command(args: argparse.Namespace) -> int:
-    """CLI entry of ``bib-ray search``."""
-    space = load_search_space(args.space)
-    uri = resolve_tracking_uri(args.tracking_uri)
-    resume_cmd = " ".join(["bib-ray", "search", args.space, "--resume"] +
-                          (["--address", args.address] if args.address else []) +
-                          ["--tracking-uri", uri] + (["--storage", args.storage] if args.storage else []))
-    outcome = run_search(space, uri, args.address, args.resume, args.storage, Path(args.space).read_text(),
-                         args.best_output, resume_cmd)
+def log_importances(store: Store, parent_id: str, study_name: str, study_storage: Any):
+    """Optuna's parameter importances of the finished study, as a table and a plot under ``report/`` of
+    the search's parent run."""
+    import tempfile
+
+    import optuna
+
+    from bib_ray.tracking.importances import write_param_importances
+
+    study = optuna.load_study(study_name=study_name, storage=study_storage)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = write_param_importances(study, tmp)
+        for path in result.paths:
+            store.log_artifact(parent_id, path, "report")
+    return result
+
+
+def search_command(space_file: str, tracking_uri: str | None = None, address: str | None = None,
+                   resume: bool = False, storage: str | None = None, best_output: str = "best.yaml",
+                   optuna_storage: str | None = None) -> int:
+    """``bib-ray search``: run the space file's search and print its outcome; returns the exit code."""
+    space = load_search_space(space_file)
+    uri = resolve_tracking_uri(tracking_uri)
+    resume_cmd = " ".join(["bib-ray", "search", space_file, "--resume"] +
+                          (["--address", address] if address else []) + ["--tracking-uri", uri] +
+                          (["--storage", storage] if storage else []) +
+                          (["--optuna-storage", optuna_storage] if optuna_storage else []))
+    outcome = run_search(space, uri, address, resume, storage, Path(space_file).read_text(),
+                         best_output, resume_cmd, optuna_storage)
     if outcome.job.interrupted:
         print(f"search interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
         return 130
@@ -178,9 +210,16 @@ def run_search_command(args: argparse.Namespace) -> int:
     for key in space.params:
         print(f"  {key} = {_get(outcome.best_spec, key)}")
     which = f"seed {space.seeds[0]}" + (f", LM seed {lm_seeds[0]}" if len(lm_seeds) > 1 else "")
-    print(f"wrote {args.best_output} with {which} (bib-ray run --config {args.best_output} re-runs "
+    print(f"wrote {best_output} with {which} (bib-ray run --config {best_output} re-runs "
           f"that one run{'; the scores above are means' if several else ''}); MLflow parent run "
           f"{outcome.job.parent_id} at {uri}")
+    importances = outcome.importances
+    if importances is not None and importances.importances:
+        print("parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.importances)
+              + " (report/param_importances.* on the parent run)")
+    elif importances is not None:
+        print(f"parameter importances: none ({importances.reason})")
+    print(f"Optuna study {space.name!r}: optuna-dashboard {outcome.optuna_storage}")
     return 0
 
 
