@@ -167,6 +167,9 @@ class TrialPlan:
     seeds: tuple[int, ...] | None = None  # design seeds; None: the spec's own engine.seed
     lm_seeds: tuple[int, ...] | None = None  # default-LM pre-training seeds; None: the spec's own
     report_every: int = 5
+    # Every offline criterion at every report (a search steered by one needs it at each rung); else
+    # only at each replicate's last step, where they are logged (they cost milliseconds a step).
+    criteria_each_report: bool = False
 
     def spec_for(self, config: Mapping[str, Any]) -> RunSpec:
         """The trial's run: the base with the cell's updates or the sampled (dotted) parameters."""

@@ -21,9 +21,11 @@ Emit = Callable[[StepReport | FinalRecord], None]
 
 
 def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], report_every: int, emit: Emit,
-                   node: str = "", on_iteration: Callable[[int], None] | None = None) -> FinalRecord:
+                   node: str = "", on_iteration: Callable[[int], None] | None = None,
+                   criteria_each_report: bool = False) -> FinalRecord:
     """Run ``spec`` once per (LM seed, design seed); emit a :class:`StepReport` every ``report_every``
-    steps and at each replicate's end, then the :class:`FinalRecord` (also returned).
+    steps and at each replicate's end, then the :class:`FinalRecord` (also returned). The offline
+    criteria are computed at each replicate's last step, and at every report with ``criteria_each_report``.
 
     ``on_iteration(global_step)`` is called before each step is recorded (fault injection in tests).
     A run whose losses turn non-finite ends the trial with a failed final record.
@@ -67,7 +69,7 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
                     pending.clear()
 
             def criteria_at(step: int, offset: int = offset) -> bool:
-                return (offset + step) % report_every == 0  # the steps a report carries get every criterion
+                return criteria_each_report and (offset + step) % report_every == 0
 
             try:
                 last = run_bib(seeded, on_step=on_step, bench=bench, criteria_at=criteria_at)

@@ -102,3 +102,27 @@ def test_final_record_is_the_latest_value_at_the_last_step(tmp_path, monkeypatch
     store.log_metric_rows(run, [(6, {"normalized_max": 0.95})])  # the last step's own value (higher)
     store.log_metrics(run, {"normalized_max": 0.90}, 6)  # the final record: the mean over replicates
     assert store.client.get_run(run).data.metrics["normalized_max"] == 0.90
+
+
+@pytest.mark.parametrize("each_report", [False, True])
+def test_replicates_run_without_ray_and_report_in_batches(tmp_path, monkeypatch, each_report):
+    """The trial's work is a plain function: reports every ``report_every`` steps and at each replicate's
+    end, global steps counting on across replicates, a final record of means over them; the costly
+    criteria only at each replicate's last step unless the search is steered by one."""
+    from bib_ray.trial_run import run_replicates
+
+    monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
+    spec = RunSpec.model_validate(TINY_BASE)  # 6 steps
+    records = []
+    final = run_replicates(spec, seeds=[0, 1], lm_seeds=[0], report_every=4, emit=records.append,
+                           criteria_each_report=each_report)
+    steps = [r.to_result()["step"] for r in records]
+    assert steps == [4, 6, 8, 12, 12] and records[-1] == final and final.replicates == 2
+    rows = [row for r in records[:-1] for row in r.rows]
+    assert [row.step for row in rows] == list(range(1, 13)) and {row.seed for row in rows} == {0, 1}
+    ends = {6: rows[5], 12: rows[11]}
+    assert final.metrics["normalized_max"] == pytest.approx(
+        (ends[6].metrics["normalized_max"] + ends[12].metrics["normalized_max"]) / 2, rel=1e-12)
+    assert all("offline_conservative_mean" in row.metrics for row in ends.values())
+    at_report = rows[3].metrics  # step 4: a report step inside the first replicate
+    assert ("offline_conservative_mean" in at_report) == each_report

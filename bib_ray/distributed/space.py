@@ -188,6 +188,12 @@ class SearchSpace(BaseModel):
         return RESULT_KEYS[self.metric]
 
     @property
+    def steered_by_full_criterion(self) -> bool:
+        """The metric is an offline criterion computed only when asked (not the additive scorer's
+        mean and max, which every step carries): trials must then compute it at every report."""
+        return self.metric in OFFLINE_METRICS and self.result_key not in ("offline_proxy_mean", "offline_proxy_max")
+
+    @property
     def uses_oracle(self) -> bool:
         """Benchmark mode: the metric reads the task's oracle."""
         return self.metric in ORACLE_METRICS

@@ -88,4 +88,5 @@ def bib_trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     trial_id = tune.get_context().get_trial_id() or "local"
     run_replicates(spec, plan.seeds_of(spec), plan.lm_seeds_of(spec), plan.report_every,
                    emit=lambda record: tune.report(record.to_result()), node=_node_name(),
-                   on_iteration=lambda step: _maybe_crash(step, trial_id))
+                   on_iteration=lambda step: _maybe_crash(step, trial_id),
+                   criteria_each_report=plan.criteria_each_report)
