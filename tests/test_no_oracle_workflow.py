@@ -143,3 +143,11 @@ def test_ablation_on_csv_and_npz_data(no_oracle):
             by_cell[("npy", variant)]["offline_proxy_mean"], rel=1e-9)
     assert {(e["task"], e["variant"]) for e in outcome.report.summary} == {
         ("csv", "grad"), ("csv", "learned"), ("npy", "grad"), ("npy", "learned")}
+
+
+def test_search_prints_where_to_look_next(no_oracle):
+    """The end of a search names what a user opens next: the Optuna study (for optuna-dashboard) and
+    the MLflow runs table in the model-training view."""
+    out = no_oracle["stdout"]
+    assert f"optuna-dashboard sqlite:///{no_oracle['root']}/optuna.db" in out
+    assert f"--backend-store-uri {no_oracle['uri']}" in out and "/runs?workflowType=machine_learning" in out

@@ -179,6 +179,7 @@ def test_nan_losses_fail_one_cell_and_the_rest_goes_on(tmp_path):
     reason = children["learned"].data.tags["failed_reason"]
     assert "NaN or infinite" in reason and "\n" not in reason
     assert "Token authentication" not in err  # Ray's opt-out notice: nothing a user can act on
+    assert f"--backend-store-uri {uri}" in out and "/runs?workflowType=machine_learning" in out  # the runs table
     assert "| tfbind8 | forward | 1 |" in out and "learned" not in out.split("|---")[1]
 
 

@@ -20,6 +20,7 @@ from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.report import build_report, is_ablation_parent
 from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.tracking.ui_links import ui_hint
 from bib_ray.trial_records import CellConfig, TrialPlan
 from bib_ray.criteria import split_offline
 from bib_ray.workbench import build_task, prepare_default_lms
@@ -34,6 +35,7 @@ class AblationOutcome:
     skipped: list[Cell]
     job: JobOutcome | None
     report: object | None
+    experiment_id: str = ""  # the MLflow experiment's id (for the UI's address)
 
 
 def _latest_parent(store: Store, name: str) -> str | None:
@@ -86,12 +88,12 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
         job_outcome = execute(job, storage_root(storage), resume)
         parent_id = job_outcome.parent_id
         if job_outcome.interrupted:
-            return AblationOutcome(parent_id, cells, skipped, job_outcome, None)
+            return AblationOutcome(parent_id, cells, skipped, job_outcome, None, store.experiment_id)
     if parent_id is None:
         raise BibInputError("plan", "the plan has no cells", "list at least one variant, eta value and seed")
     report = build_report(store, parent_id, out_dir)
     store.set_status(parent_id, "FINISHED")
-    return AblationOutcome(parent_id, cells, skipped, job_outcome, report)
+    return AblationOutcome(parent_id, cells, skipped, job_outcome, report, store.experiment_id)
 
 
 def ablate_command(plan_file: str, tracking_uri: str | None = None, address: str | None = None,
@@ -113,4 +115,5 @@ def ablate_command(plan_file: str, tracking_uri: str | None = None, address: str
           f"{'' if not outcome.skipped else '; --force re-runs them'})")
     print(outcome.report.text)
     print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} at {uri}")
+    print(ui_hint(uri, outcome.experiment_id))
     return 0

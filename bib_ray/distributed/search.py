@@ -22,6 +22,7 @@ from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, 
 from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec, dump_run_spec
 from bib_ray.tracking.store import Store, resolve_tracking_uri
+from bib_ray.tracking.ui_links import ui_hint
 from bib_ray.trial_records import HEADLINE_METRICS, TrialPlan, final_of
 from bib_ray.workbench import build_task, prepare_default_lms
 
@@ -221,6 +222,7 @@ def search_command(space_file: str, tracking_uri: str | None = None, address: st
     elif importances is not None:
         print(f"parameter importances: none ({importances.reason})")
     print(f"Optuna study {space.name!r}: optuna-dashboard {outcome.optuna_storage}")
+    print(ui_hint(uri, outcome.job.experiment_id))
     return 0
 
 

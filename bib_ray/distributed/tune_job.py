@@ -54,6 +54,7 @@ class JobOutcome:
     parent_id: str
     interrupted: bool
     experiment_path: Path
+    experiment_id: str = ""  # the MLflow experiment's id (for the UI's address)
 
 
 def ask_token_auth_for_local_ray() -> None:
@@ -253,4 +254,5 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         for run_id in open_runs:
             job.store.set_status(run_id, "KILLED")
         job.store.set_status(parent_id, "KILLED")
-    return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path)
+    return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path,
+                      experiment_id=job.store.experiment_id)
