@@ -100,6 +100,7 @@ class FinalRecord:
     provenance: dict[str, str] = field(default_factory=dict)
     designs: list[dict[str, Any]] = field(default_factory=list)  # the last replicate's designs table
     failed_reason: str | None = None
+    rows: tuple[StepRow, ...] = ()  # the trial's last steps, not sent in a step report
 
     @property
     def failed(self) -> bool:
@@ -110,7 +111,7 @@ class FinalRecord:
         return {**self.metrics, STEP_KEY: self.step, _KIND: "final", _METRIC_NAMES: list(self.metrics),
                 _REPLICATES: self.replicates, _WORKER: asdict(self.worker),
                 _TIMING: asdict(self.timing) if self.timing else None, _PROVENANCE: dict(self.provenance),
-                _DESIGNS: list(self.designs), _FAILED: self.failed_reason}
+                _DESIGNS: list(self.designs), _FAILED: self.failed_reason, _ROWS: [asdict(row) for row in self.rows]}
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> "FinalRecord":
@@ -118,7 +119,8 @@ class FinalRecord:
         return cls(step=int(result[STEP_KEY]), metrics={k: result[k] for k in result[_METRIC_NAMES] if k in result},
                    replicates=int(result[_REPLICATES]), worker=WorkerInfo(**result[_WORKER]),
                    timing=TrialTiming(**timing) if timing else None, provenance=dict(result.get(_PROVENANCE) or {}),
-                   designs=list(result.get(_DESIGNS) or []), failed_reason=result.get(_FAILED))
+                   designs=list(result.get(_DESIGNS) or []), failed_reason=result.get(_FAILED),
+                   rows=tuple(StepRow(**row) for row in result.get(_ROWS) or ()))
 
 
 def record_of(result: Mapping[str, Any] | None) -> StepReport | FinalRecord | None:
@@ -166,7 +168,7 @@ class TrialPlan:
     base: RunSpec
     seeds: tuple[int, ...] | None = None  # design seeds; None: the spec's own engine.seed
     lm_seeds: tuple[int, ...] | None = None  # default-LM pre-training seeds; None: the spec's own
-    report_every: int = 5
+    report_every: int | None = 5  # None: at each replicate's end (and every few seconds), no step cadence
     # Every offline criterion at every report (a search steered by one needs it at each rung); else
     # only at each replicate's last step, where they are logged (they cost milliseconds a step).
     criteria_each_report: bool = False

@@ -18,14 +18,21 @@ from bib_ray.spec import RunSpec
 from bib_ray.trial_records import SPREAD_METRICS, FinalRecord, StepReport, StepRow, TrialTiming, WorkerInfo
 
 Emit = Callable[[StepReport | FinalRecord], None]
+REPORT_SECONDS = 10.0  # without a step cadence: a report at least this often (live curves in MLflow)
 
 
-def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], report_every: int, emit: Emit,
-                   node: str = "", on_iteration: Callable[[int], None] | None = None,
+def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], report_every: int | None,
+                   emit: Emit, node: str = "", on_iteration: Callable[[int], None] | None = None,
                    criteria_each_report: bool = False) -> FinalRecord:
-    """Run ``spec`` once per (LM seed, design seed); emit a :class:`StepReport` every ``report_every``
-    steps and at each replicate's end, then the :class:`FinalRecord` (also returned). The offline
-    criteria are computed at each replicate's last step, and at every report with ``criteria_each_report``.
+    """Run ``spec`` once per (LM seed, design seed) and emit what it did, then the :class:`FinalRecord`
+    (also returned), which carries the steps not yet reported.
+
+    Reports: every ``report_every`` steps (an early-stopping scheduler's rungs need them) and at each
+    replicate's end; with ``report_every=None``, at each replicate's end and at least every
+    ``REPORT_SECONDS``. Why so few: each report is a round trip to the driver that the trial waits on
+    (tens of milliseconds, more on a busy machine), which is most of a short trial's overhead. The
+    offline criteria are computed at each replicate's last step, and at every step-cadence report with
+    ``criteria_each_report``.
 
     ``on_iteration(global_step)`` is called before each step is recorded (fault injection in tests).
     A run whose losses turn non-finite ends the trial with a failed final record.
@@ -35,7 +42,8 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
     from bib_ray.runner import run_bib
 
     started, started_at = time.perf_counter(), time.time()
-    report_every = max(1, report_every)
+    report_every = max(1, report_every) if report_every else None
+    reported_at = time.monotonic()
     setup_seconds = design_seconds = run_seconds = 0.0
     iteration = 0
     pending: list[StepRow] = []
@@ -46,6 +54,7 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
     def worker() -> WorkerInfo:
         return WorkerInfo(pid=os.getpid(), node=node, lm_loads=workbench.LM_LOADS, device=spec.device)
 
+    replicates = [(lm_seed, seed) for lm_seed in lm_seeds for seed in seeds]
     for lm_seed in lm_seeds:
         lm_spec = spec if lm_seed is None else spec.with_updates({"lm_pretrain.seed": lm_seed})
         tick = time.perf_counter()
@@ -56,26 +65,34 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
             steps = seeded.engine.steps_for(bench.task.default_steps)
             offset = iteration  # the global step before this replicate
 
+            last_replicate = (lm_seed, seed) == replicates[-1]
+
             def on_step(metrics: dict[str, float], seed: int = seed, lm_seed: int | None = lm_seed,
-                        steps: int = steps) -> None:
-                nonlocal iteration
+                        steps: int = steps, last_replicate: bool = last_replicate) -> None:
+                nonlocal iteration, reported_at
                 iteration += 1
                 if on_iteration is not None:
                     on_iteration(iteration)
                 row = {k: v for k, v in metrics.items() if k != "step"}
                 pending.append(StepRow(step=iteration, seed=seed, lm_seed=lm_seed, metrics=row))
-                if iteration % report_every == 0 or metrics["step"] == steps:
+                end = metrics["step"] == steps
+                if end and last_replicate:
+                    return  # these rows travel with the final record: one round trip less
+                due = iteration % report_every == 0 if report_every else \
+                    time.monotonic() - reported_at >= REPORT_SECONDS
+                if due or end:
                     emit(StepReport(rows=tuple(pending), worker=worker()))
                     pending.clear()
+                    reported_at = time.monotonic()
 
             def criteria_at(step: int, offset: int = offset) -> bool:
-                return criteria_each_report and (offset + step) % report_every == 0
+                return criteria_each_report and bool(report_every) and (offset + step) % report_every == 0
 
             try:
                 last = run_bib(seeded, on_step=on_step, bench=bench, criteria_at=criteria_at)
             except NonFiniteLossError as err:
                 failed = FinalRecord(step=iteration, metrics={}, replicates=len(finals), worker=worker(),
-                                     failed_reason=str(err))
+                                     failed_reason=str(err), rows=tuple(pending))
                 emit(failed)
                 return failed
             design_seconds += last.seconds["engine"]
@@ -91,6 +108,6 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
                          design_seconds=design_seconds, run_seconds=run_seconds,
                          trial_seconds=time.perf_counter() - started)
     final = FinalRecord(step=iteration, metrics=means, replicates=len(finals), worker=worker(), timing=timing,
-                        provenance=provenance, designs=outputs.designs_rows(last))
+                        provenance=provenance, designs=outputs.designs_rows(last), rows=tuple(pending))
     emit(final)
     return final

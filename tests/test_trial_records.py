@@ -26,7 +26,8 @@ RECORDS = [
                worker=WORKER),
     FinalRecord(step=12, metrics={"normalized_max": 0.91, "normalized_max_std": 0.01}, replicates=4, worker=WORKER,
                 timing=TIMING, provenance={"lm_fingerprint": "ab,cd", "torch_version": "2.13.0"},
-                designs=[{"start": "ACGT", "design": "ACGA", "oracle_score": 0.3, "proxy_prediction": 0.2}]),
+                designs=[{"start": "ACGT", "design": "ACGA", "oracle_score": 0.3, "proxy_prediction": 0.2}],
+                rows=(StepRow(step=12, seed=1, lm_seed=1, metrics={"forward_loss": 0.2}),)),
     FinalRecord(step=3, metrics={}, replicates=0, worker=WORKER, failed_reason="non-finite loss at step 3"),
 ]
 
@@ -87,7 +88,7 @@ def test_callback_pickles_before_setup_and_keeps_its_books_through_get_and_set_s
     again.flush()
     assert len(store.children(parent)) == 1
     history = store.client.get_metric_history(child.info.run_id, "forward_loss")
-    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert sorted(m.step for m in history) == [1, 2, 3, 12]  # 12: the row the final record carried
     assert store.client.get_run(child.info.run_id).info.status == "FINISHED"
 
 
@@ -107,8 +108,8 @@ def test_final_record_is_the_latest_value_at_the_last_step(tmp_path, monkeypatch
 @pytest.mark.parametrize("each_report", [False, True])
 def test_replicates_run_without_ray_and_report_in_batches(tmp_path, monkeypatch, each_report):
     """The trial's work is a plain function: reports every ``report_every`` steps and at each replicate's
-    end, global steps counting on across replicates, a final record of means over them; the costly
-    criteria only at each replicate's last step unless the search is steered by one."""
+    end, global steps counting on across replicates, the last steps carried by the final record of
+    means; the costly criteria only at each replicate's last step unless the search is steered by one."""
     from bib_ray.trial_run import run_replicates
 
     monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
@@ -117,8 +118,9 @@ def test_replicates_run_without_ray_and_report_in_batches(tmp_path, monkeypatch,
     final = run_replicates(spec, seeds=[0, 1], lm_seeds=[0], report_every=4, emit=records.append,
                            criteria_each_report=each_report)
     steps = [r.to_result()["step"] for r in records]
-    assert steps == [4, 6, 8, 12, 12] and records[-1] == final and final.replicates == 2
-    rows = [row for r in records[:-1] for row in r.rows]
+    assert steps == [4, 6, 8, 12] and records[-1] == final and final.replicates == 2
+    assert [row.step for row in final.rows] == [9, 10, 11, 12]
+    rows = [row for r in records for row in r.rows]
     assert [row.step for row in rows] == list(range(1, 13)) and {row.seed for row in rows} == {0, 1}
     ends = {6: rows[5], 12: rows[11]}
     assert final.metrics["normalized_max"] == pytest.approx(
@@ -126,3 +128,17 @@ def test_replicates_run_without_ray_and_report_in_batches(tmp_path, monkeypatch,
     assert all("offline_conservative_mean" in row.metrics for row in ends.values())
     at_report = rows[3].metrics  # step 4: a report step inside the first replicate
     assert ("offline_conservative_mean" in at_report) == each_report
+
+
+def test_without_a_step_cadence_a_trial_reports_at_replicate_ends(tmp_path, monkeypatch):
+    """No scheduler needs rungs: one report per replicate but the last, whose steps ride on the final
+    record (each report is a round trip the trial waits on)."""
+    from bib_ray.trial_run import run_replicates
+
+    monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
+    records = []
+    final = run_replicates(RunSpec.model_validate(TINY_BASE), seeds=[0, 1], lm_seeds=[0], report_every=None,
+                           emit=records.append)
+    assert [type(r).__name__ for r in records] == ["StepReport", "FinalRecord"]
+    assert [row.step for row in records[0].rows] == list(range(1, 7))
+    assert [row.step for row in final.rows] == list(range(7, 13))

@@ -72,7 +72,7 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
             prepare_default_lms([c.spec for c in todo])
         init_ray(address)  # only when there is work: a re-run of a finished plan just reports
         check_resources({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu})
-        job = TuneJob(name=plan.name, kind="ablation", store=store, plan=TrialPlan(base=base, report_every=5),
+        job = TuneJob(name=plan.name, kind="ablation", store=store, plan=TrialPlan(base=base, report_every=None),
                       param_space={CellConfig.CONFIG_KEY: tune.grid_search([c.config().as_dict() for c in todo])},
                       resources={"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}, metric=None, mode=None,
                       num_samples=1, max_concurrent=plan.concurrency, max_failures=plan.max_failures,

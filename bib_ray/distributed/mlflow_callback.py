@@ -231,6 +231,8 @@ class MLflowTrialCallback(Callback):
         return True
 
     def _finish(self, trial, record: FinalRecord) -> None:
+        if record.rows:  # the last steps travel with the final record
+            self.pending.setdefault(trial.trial_id, (trial, []))[1].extend((r.step, r.metrics) for r in record.rows)
         self._queue_pending(trial)
         if record.failed:
             self.failed.add(trial.trial_id)

@@ -69,7 +69,8 @@ def default_lm_variants(space: SearchSpace) -> list[RunSpec]:
 def trial_plan(space: SearchSpace) -> TrialPlan:
     """What every trial of the search shares: the base run, seeds, LM seeds and report cadence."""
     return TrialPlan(base=space.base, seeds=tuple(space.seeds),
-                     lm_seeds=tuple(space.lm_seeds) if space.lm_seeds else None, report_every=space.report_every,
+                     lm_seeds=tuple(space.lm_seeds) if space.lm_seeds else None,
+                     report_every=space.report_every if space.scheduler.type != "none" else None,
                      criteria_each_report=space.steered_by_full_criterion)
 
 

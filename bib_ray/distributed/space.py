@@ -145,7 +145,8 @@ class SearchSpace(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     sampler_seed: int = Field(0, ge=0)
     max_failures: int = Field(2, ge=0, description="retries of a trial whose worker dies")
-    report_every: int = Field(5, ge=1, description="steps per report to Tune (every step still reaches MLflow)")
+    report_every: int = Field(5, ge=1, description="steps per report to Tune, for the scheduler's rungs (every step "
+                              "still reaches MLflow); with scheduler none, trials report at each seed's end")
 
     @field_validator("base", mode="before")
     @classmethod
