@@ -22,7 +22,7 @@ from bib_ray.core.ridge import OfflineFit
 from bib_ray.criteria import CriteriaConfig, OfflineCriteria
 from bib_ray.evaluation import AdditiveOfflineScorer
 from bib_ray.proxy.lm_proxy import LMProxy, resolve_device
-from bib_ray.proxy.small_lm import SmallLMConfig, cache_root, ensure_default_lm
+from bib_ray.proxy.small_lm import SmallLMConfig, cache_root, default_lm_path, ensure_default_lm
 from bib_ray.spec import RunSpec, TaskSpec
 from bib_ray.tasks import Task, make_task
 
@@ -105,32 +105,38 @@ def prepare_default_lms(specs: list[RunSpec], workers: int | None = None) -> Non
 
     A search or ablation calls this in its driver: inside a trial the LM would be trained with the
     trial's single CPU while every other worker waits for it. Each LM pre-trains single-threaded (its
-    weights do not depend on the core count), so several LMs (LM seeds, a panel of tasks) pre-train side
-    by side, one process per core: the same weights, in a fraction of the wall time.
+    weights do not depend on the core count), so several missing LMs (LM seeds, a panel of tasks)
+    pre-train side by side, one process per core: the same weights, in a fraction of the wall time.
+    LMs already in the cache are only verified, here, without starting any process.
     """
-    todo: dict[tuple[str, str], tuple[RunSpec, SmallLMConfig]] = {}
+    needed: dict[tuple[str, str], tuple[RunSpec, Task, SmallLMConfig]] = {}
     for spec in specs:
         if spec.lm:
             continue
         task = build_task(spec.task)
         config = spec.lm_pretrain.resolved(task.length)
-        todo.setdefault((spec.task.key(), config.key()), (spec, config))
-    workers = min(len(todo), workers or os.cpu_count() or 1)
-    if workers <= 1:
-        for spec, config in todo.values():
-            _ensure_default_lm_of(spec, config)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+        needed.setdefault((spec.task.key(), config.key()), (spec, task, config))
+    missing = [(spec, config) for spec, task, config in needed.values()
+               if not default_lm_path(task.name, task.fingerprint(), config).exists()]
+    workers = min(len(missing), workers or os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(_ensure_default_lm_of, spec, config) for spec, config in todo.values()]:
-            future.result()  # the first failure is raised here, as in the serial loop
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in [pool.submit(_ensure_default_lm_of, spec, config) for spec, config in missing]:
+                future.result()  # the first failure is raised here, as in the serial loop
+    for _, task, config in needed.values():  # the rest (and a check of what the pool wrote)
+        ensure_default_lm(task, config, log_every=_pretrain_log_every(config))
+
+
+def _pretrain_log_every(config: SmallLMConfig) -> int:
+    return max(1, (config.steps or 10) // 4)
 
 
 def _ensure_default_lm_of(spec: RunSpec, config: SmallLMConfig) -> Path:
-    task = build_task(spec.task)
-    return ensure_default_lm(task, config, log_every=max(1, (config.steps or 10) // 4))
+    """One LM in a pool process (specs pickle small; the task is rebuilt there)."""
+    return ensure_default_lm(build_task(spec.task), config, log_every=_pretrain_log_every(config))
 
 
 def build_task(spec: TaskSpec) -> Task:

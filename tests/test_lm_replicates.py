@@ -234,6 +234,14 @@ def test_lms_pretrained_side_by_side_equal_those_pretrained_one_by_one(tmp_path,
         weights[workers] = {p.name: (p / "model.safetensors").read_bytes() for p in folders}
     assert len(weights[1]) == 2 and weights[1] == weights[2]
 
+    import concurrent.futures
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started for LMs that are all cached")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    prepare_default_lms(specs, workers=2)  # everything cached: only verified, in this process
+
 
 def test_recipe_version_is_part_of_the_cache_folder(monkeypatch):
     config = small_lm.SmallLMConfig(steps=10)
