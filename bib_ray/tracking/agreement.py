@@ -17,8 +17,6 @@ by ASHA are left out and counted. Everything is read from MLflow, so the report 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from bib_ray.criteria import CRITERIA, CRITERIA_BY_NAME
 from bib_ray.errors import BibInputError
 from bib_ray.tracking.agreement_plots import plot_agreement
 from bib_ray.tracking.history import FINAL_METRIC
-from bib_ray.tracking.output import prepare_output_dir
+from bib_ray.tracking.output import csv_text, prepare_output_dir
 from bib_ray.tracking.runs import KIND_TAG, NAME_TAG, child_runs, collect_cells, find_parent
 from bib_ray.tracking.store import retrying
 
@@ -216,18 +214,7 @@ CSV_COLUMNS = (["task", "criterion", "direction", "trials"] +
 
 def to_csv(table: list[dict[str, Any]]) -> str:
     """The table at full precision (missing = empty)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for entry in table:
-        row = []
-        for col in CSV_COLUMNS:
-            value = entry[col]
-            if isinstance(value, float):
-                value = "" if math.isnan(value) else repr(value)
-            row.append(value)
-        writer.writerow(row)
-    return buffer.getvalue()
+    return csv_text(table, CSV_COLUMNS)
 
 
 # --- the report ------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ in tables of their own.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 
 from bib_ray.errors import BibInputError
 from bib_ray.tracking.history import metric_per_step, seed_band
-from bib_ray.tracking.output import prepare_output_dir
+from bib_ray.tracking.output import csv_text, prepare_output_dir
 from bib_ray.tracking.plots import TrajectoryPanel, plot_paired, plot_scores, plot_trajectories
 from bib_ray.tracking.runs import (COLUMNS, KIND_TAG, NAME_TAG, child_runs, client_of, collect_cells,
                                    lm_seed_sort_key, score_metric, score_source, seed_sort_key, variant_sort_key)
@@ -268,26 +266,9 @@ def across_tasks_csv_columns() -> list[str]:
             "trails_reference", "paired_tasks"]
 
 
-def _csv(entries: list[dict[str, Any]], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for entry in entries:
-        row = []
-        for col in columns:
-            value = entry[col]
-            if isinstance(value, bool):
-                value = str(value).lower()
-            elif isinstance(value, float):
-                value = "" if math.isnan(value) else repr(value)
-            row.append(value)
-        writer.writerow(row)
-    return buffer.getvalue()
-
-
 def to_csv(summary: list[dict[str, Any]]) -> str:
     """The summary as CSV at full precision (floats as shortest round-trip text; missing = empty)."""
-    return _csv(summary, csv_columns())
+    return csv_text(summary, csv_columns())
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -382,21 +363,21 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
                             f"({', '.join(sorted(labels, key=variant_sort_key))})", "name one of those variants")
     summary = summarise(rows)
     markdown = to_markdown(summary)
-    csv_text = to_csv(summary)
+    table_csv = to_csv(summary)
     paired_rows = paired(rows, reference)
-    report = Report(parent_id=parent_id, summary=summary, markdown=markdown, csv=csv_text,
+    report = Report(parent_id=parent_id, summary=summary, markdown=markdown, csv=table_csv,
                     table_md=out / "table.md", table_csv=out / "table.csv", scores_png=out / "scores.png",
                     trajectory_png=out / "trajectory.png", paired=paired_rows, paired_md=out / "paired.md",
                     paired_csv=out / "paired.csv", paired_png=out / "paired.png", skipped=skipped)
     report.table_md.write_text(markdown)
-    report.table_csv.write_text(csv_text)
+    report.table_csv.write_text(table_csv)
     report.paired_md.write_text(paired_markdown(paired_rows))
-    report.paired_csv.write_text(_csv(paired_rows, paired_csv_columns()))
+    report.paired_csv.write_text(csv_text(paired_rows, paired_csv_columns()))
     if len(summary) and len({e["task"] for e in summary}) > 1:
         report.across_tasks = across_tasks(summary, paired_rows, reference)
         report.across_md, report.across_csv = out / "across_tasks.md", out / "across_tasks.csv"
         report.across_md.write_text(across_tasks_markdown(report.across_tasks))
-        report.across_csv.write_text(_csv(report.across_tasks, across_tasks_csv_columns()))
+        report.across_csv.write_text(csv_text(report.across_tasks, across_tasks_csv_columns()))
     plot_scores(rows, summary, report.scores_png)
     plot_paired(paired_rows, report.paired_png)
     plot_trajectories(trajectory_panels(client, rows), report.trajectory_png)
