@@ -93,3 +93,18 @@ def make_synthetic_ablation(store: Store, name: str, variants: Sequence[str], se
     store.set_status(parent, "FINISHED")
     time.sleep(0.002)  # a later parent of the same name gets a later start time
     return parent
+
+
+def assert_trajectories_are_the_steps(data: dict, variants: Sequence[str], seeds: Sequence[int],
+                                      task_index: int = 0) -> None:
+    """``trajectory_data`` of a synthetic ablation equals its per-step values at steps 1..STEPS (band over
+    seeds), for each variant in ``variants`` (their index is the one the ablation was made with)."""
+    import numpy as np
+
+    for v, label in enumerate(variants):
+        per_seed = np.array([[cell_values(task_index, v, s, t)["normalized_max"] for t in range(1, STEPS + 1)]
+                             for s in seeds])
+        assert data[label]["steps"].tolist() == list(range(1, STEPS + 1))
+        np.testing.assert_allclose(data[label]["mean"], per_seed.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(data[label]["min"], per_seed.min(0), rtol=1e-12)
+        np.testing.assert_allclose(data[label]["max"], per_seed.max(0), rtol=1e-12)

@@ -15,7 +15,8 @@ from bib_ray.errors import BibInputError
 from bib_ray.tracking.report import (build_report, collect_cells, find_parent, run_report, summarise, to_csv,
                                      to_markdown, trajectory_data, variant_label)
 
-from ablation_fixtures import STEPS, cell_values, local_store, make_synthetic_ablation
+from ablation_fixtures import (STEPS, assert_trajectories_are_the_steps, cell_values, local_store,
+                               make_synthetic_ablation)
 from helpers import assert_one_line_error, run_cli
 
 NAME = "synth_plan"
@@ -140,12 +141,7 @@ def test_trajectories_use_steps_1_to_t_only(ablation):
     rows = [r for r in collect_cells(ablation["client"], ablation["parent"]) if r["task"] == "tfbind8"]
     data = trajectory_data(ablation["client"], rows, "normalized_max")
     assert list(data) == ["forward", "learned+eta"]
-    for v, label in enumerate(VARIANTS):
-        per_seed = np.array([[cell_values(0, v, s, t)["normalized_max"] for t in range(1, STEPS + 1)] for s in SEEDS])
-        assert data[label]["steps"].tolist() == list(range(1, STEPS + 1))
-        np.testing.assert_allclose(data[label]["mean"], per_seed.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(data[label]["min"], per_seed.min(0), rtol=1e-12)
-        np.testing.assert_allclose(data[label]["max"], per_seed.max(0), rtol=1e-12)
+    assert_trajectories_are_the_steps(data, VARIANTS, SEEDS)
 
 
 def test_find_parent_by_name_and_by_id(ablation):

@@ -17,7 +17,8 @@ import pytest
 from bib_ray.tracking.history import FINAL_METRIC, per_step_values, seed_band
 from bib_ray.tracking.report import build_report, collect_cells, trajectory_data, trajectory_panels
 
-from ablation_fixtures import STEPS, cell_values, local_store, make_synthetic_ablation, parse_label
+from ablation_fixtures import (STEPS, assert_trajectories_are_the_steps, cell_values, local_store,
+                               make_synthetic_ablation, parse_label)
 
 FINAL_SHIFT = 0.001  # final record = the last step's values + this, as make_synthetic_ablation logs it
 
@@ -99,12 +100,7 @@ def test_trajectories_are_the_design_steps_in_both_layouts(layout):
     rows = collect_cells(store, parent)
     data = trajectory_data(store, rows, "normalized_max")
     assert list(data) == list(VARIANTS)
-    for v, label in enumerate(VARIANTS):
-        per_seed = np.array([[cell_values(0, v, s, t)["normalized_max"] for t in range(1, STEPS + 1)] for s in SEEDS])
-        assert data[label]["steps"].tolist() == list(range(1, STEPS + 1))
-        np.testing.assert_allclose(data[label]["mean"], per_seed.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(data[label]["min"], per_seed.min(0), rtol=1e-12)
-        np.testing.assert_allclose(data[label]["max"], per_seed.max(0), rtol=1e-12)
+    assert_trajectories_are_the_steps(data, VARIANTS, SEEDS)
     (panel,) = trajectory_panels(store, rows)
     assert panel.task == "tfbind8" and panel.metric == "normalized_max" and not panel.proxy
     np.testing.assert_array_equal(panel.lines["learned"]["mean"], data["learned"]["mean"])
