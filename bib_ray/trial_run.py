@@ -54,7 +54,6 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
     def worker() -> WorkerInfo:
         return WorkerInfo(pid=os.getpid(), node=node, lm_loads=workbench.LM_LOADS, device=spec.device)
 
-    replicates = [(lm_seed, seed) for lm_seed in lm_seeds for seed in seeds]
     for lm_seed in lm_seeds:
         lm_spec = spec if lm_seed is None else spec.with_updates({"lm_pretrain.seed": lm_seed})
         tick = time.perf_counter()
@@ -64,8 +63,7 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
             seeded = lm_spec.with_updates({"engine.seed": seed})
             steps = seeded.engine.steps_for(bench.task.default_steps)
             offset = iteration  # the global step before this replicate
-
-            last_replicate = (lm_seed, seed) == replicates[-1]
+            last_replicate = lm_seed == lm_seeds[-1] and seed == seeds[-1]
 
             def on_step(metrics: dict[str, float], seed: int = seed, lm_seed: int | None = lm_seed,
                         steps: int = steps, last_replicate: bool = last_replicate) -> None:
