@@ -34,3 +34,13 @@ def test_slot_timeline_parts_add_up_to_the_wall_time():
 def test_steady_share_leaves_start_up_and_tail_out():
     # slot spans: worker 1 from 105 to 112 (7 s, 5.5 s of steps), worker 2 from 106 to 115 (9 s, 8 s)
     assert steady_overhead_share(FINALS) == pytest.approx(1 - (5.5 + 8.0) / (7.0 + 9.0))
+
+
+def test_gpu_share_without_a_gpu_is_one_line_error(tmp_path):
+    """Refused before any LM is pre-trained (the cache stays empty)."""
+    from helpers import assert_one_line_error, run_cli
+
+    proc = run_cli(["bench", "search", "--gpu", "0.25"], cwd=tmp_path,
+                   env={"CUDA_VISIBLE_DEVICES": "", "BIB_RAY_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(proc, "--gpu")
+    assert not (tmp_path / "cache" / "lm").exists()

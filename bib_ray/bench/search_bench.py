@@ -64,7 +64,6 @@ def main(task: str = "tfbind8", variant: str = "learned", steps: int | None = No
     steps = steps or 20
     base = RunSpec().with_updates({"task.name": task, "engine.steps": steps,
                                    "engine.variant": variant})
-    ensure_default_lm(build_task(base.task), base.lm_pretrain)  # pre-train outside the timing (cached)
     import os
 
     slots = max(1, (os.cpu_count() or 1))
@@ -83,6 +82,7 @@ def main(task: str = "tfbind8", variant: str = "learned", steps: int | None = No
         if gpus == 0:
             raise BibInputError("--gpu", "asks a GPU share per trial but there is no GPU", "omit --gpu (CPU only)")
         slots = max(1, min(slots, int(gpus / gpu + 1e-9)))
+    ensure_default_lm(build_task(base.task), base.lm_pretrain)  # pre-train outside the timing (cached)
     space = parse_search_space({
         "name": "bench_search", "base": base.model_dump(mode="json"),
         "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
