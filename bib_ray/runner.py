@@ -172,3 +172,18 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
                      designs=task.decode(designs), scores=scores, predictions=pred, spec=spec,
                      seconds=seconds)
 
+
+
+def logged_metric_names(has_oracle: bool) -> frozenset[str]:
+    """Every metric :func:`step_metrics` can log for a task with or without an oracle (criteria included).
+
+    Why: a plan's ``primary_metric`` is checked against this before any cell starts, so a typo or an oracle
+    metric on a task without an oracle is a one-line error, not an empty verdicts table after an hour.
+    """
+    from bib_ray.criteria import CRITERIA_NAMES
+
+    names = {"proxy_max", "proxy_median", "proxy_mean", "offline_proxy_max", "offline_proxy_mean",
+             "mean_edit_distance", "gamma", "eta", "forward_loss", "backward_loss", "unique_designs", *CRITERIA_NAMES}
+    if has_oracle:
+        names |= {"normalized_max", "normalized_median", "normalized_mean"}
+    return frozenset(names)

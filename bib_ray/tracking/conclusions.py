@@ -199,14 +199,16 @@ def _family(rows: list[dict[str, Any]], reference: str, metric: str, family: str
     for (task, label), v in values.items():
         est = UnitEstimate.of(v.values)
         extra: dict[str, Any] = {}
-        if stein and v.unit == "lm_seed" and len(v.values) >= (settings.initial_lm_seeds or 0):
-            n0 = int(settings.initial_lm_seeds or 0)
-            result = stein_interval(v.values, n0, alpha_each)
+        n0 = int(settings.initial_lm_seeds or 0)
+        first = [x for k, x in zip(v.keys, v.values) if isinstance(k, int) and k < n0]
+        later = [x for k, x in zip(v.keys, v.values) if not (isinstance(k, int) and k < n0)]
+        if stein and v.unit == "lm_seed" and len(first) >= 2:
+            result = stein_interval(first + later, len(first), alpha_each)  # stage one's LM seeds first
             low, high, p = result.low, result.high, result.p_value
-            required = stein_total(n0, result.s0, float(settings.target_half_width), alpha_each) \
-                if not math.isnan(result.s0) else n0
+            required = stein_total(len(first), result.s0, float(settings.target_half_width), alpha_each) \
+                if not math.isnan(result.s0) else len(first)
             cap = settings.max_lm_seeds
-            extra = {"stage_one_lm_seeds": n0, "lm_seeds_required": required,
+            extra = {"stage_one_lm_seeds": len(first), "lm_seeds_required": required,
                      "capped": bool(cap is not None and required > cap), "half_width": result.half_width}
             method = "stein two-stage + holm"
         else:
