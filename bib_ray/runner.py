@@ -8,6 +8,7 @@ Ray or MLflow; they receive the metrics through ``on_step``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,11 +92,27 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
 def provenance(spec: RunSpec, bench: Workbench) -> dict[str, Any]:
     """What a reader needs to know which LM and which code produced a result: the LM's weights
     fingerprint (a hash of the loaded tensors), its pre-training seed (None for an LM given by id or
-    path), and the versions of torch and transformers that ran it."""
+    path), the versions of torch and transformers that ran it, and the CPU and the kernel path torch
+    dispatched (``torch.backends.cpu.get_cpu_capability()``): digits differ across kernel paths, so a table
+    says which one made it."""
     import transformers
 
     return {"lm_fingerprint": bench.proxy.fingerprint(), "lm_seed": None if spec.lm else spec.lm_pretrain.seed,
-            "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+            "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's processor string)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def validate_spec(spec: RunSpec) -> Task:

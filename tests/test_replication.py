@@ -91,6 +91,12 @@ def test_a_replicated_plan_runs_exactly_the_extra_lm_seeds_the_formula_asks_for(
         tags = Store(uri, PLAN["name"]).client.get_run(outcome.parent_id).data.tags
         assert tags["replication.target_half_width"] == str(half_width) and tags["primary_metric"] == "normalized_median"
         assert "half-width" in outcome.report.conclusions_md.read_text()
+        # Each table says which machine made it: the CPU kernel path torch dispatched, from the children's tags.
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+        assert {c.data.tags["cpu_capability"] for c in children} == {capability}
+        assert f"kernels {capability}, torch {torch.__version__}" in outcome.report.conclusions_md.read_text()
         # A re-run finds nothing left to do: the formula asks for the same seeds, all finished.
         again = run_ablation(plan, plan.base, uri, storage=str(root / "runs"), out_dir=root / "r3")
         assert len(again.skipped) == len(again.cells) == 6

@@ -294,9 +294,9 @@ CONCLUSION_HEAD = ("task", "variant - reference", "metric", "family", "estimate"
                    "adjusted p", "LM seeds", "verdict", "LM seeds to resolve")
 
 
-def conclusions_markdown(conclusions: Conclusions) -> str:
+def conclusions_markdown(conclusions: Conclusions, machines: Iterable[str] = ()) -> str:
     """The verdicts table (header ``| task | variant - reference | metric | ...``), the pooled effects, and a
-    note that says which adjustment was used and what the numbers mean."""
+    note that says which adjustment was used, what the numbers mean and which machines made them."""
     settings = conclusions.settings
     two_stage = settings.two_stage
     head = list(CONCLUSION_HEAD) + (["half-width", "capped"] if two_stage else [])
@@ -328,6 +328,9 @@ def conclusions_markdown(conclusions: Conclusions) -> str:
              + "). LM seeds to resolve: how many LM seeds an effect of the observed size would need for 80% power "
              "at the family's level (an estimate from a noisy difference). Digits differ across CPUs (kernel paths "
              "give other LM weights and other designs); verdicts must not.")
+    made_on = sorted(set(machines))
+    if made_on:
+        note += " Made on: " + "; ".join(made_on) + "."
     text = "\n".join(lines) + "\n\n" + note + "\n"
     if conclusions.pooled:
         text += "\n" + pooled_markdown(conclusions.pooled) + "\n"

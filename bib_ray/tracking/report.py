@@ -444,7 +444,7 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
         report.across_md, report.across_csv = out / "across_tasks.md", out / "across_tasks.csv"
         report.across_md.write_text(across_tasks_markdown(report.across_tasks))
         report.across_csv.write_text(csv_text(report.across_tasks, across_tasks_csv_columns()))
-    report.conclusions_md.write_text(conclusions_markdown(conclusions))
+    report.conclusions_md.write_text(conclusions_markdown(conclusions, (r.get("machine", "unrecorded") for r in rows)))
     report.conclusions_csv.write_text(conclusions_csv(conclusions))
     if conclusions.pooled:
         report.pooled_csv = out / "pooled.csv"
