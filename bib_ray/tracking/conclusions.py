@@ -35,6 +35,7 @@ from bib_ray.tracking.output import csv_text
 from bib_ray.tracking.runs import lm_seed_sort_key, seed_sort_key, variant_sort_key
 
 DEFAULT_PRIMARY = "normalized_median"
+POWER_CAP = 10_000  # the power search stops here: an effect this small is no effect to chase
 # Metrics where lower is better (a drop is "better"); every other metric is maximised.
 MINIMISED_METRICS = frozenset({"offline_nearest_distance", "forward_loss", "backward_loss"})
 VERDICTS = ("better", "worse", "unresolved")
@@ -225,7 +226,7 @@ def _family(rows: list[dict[str, Any]], reference: str, metric: str, family: str
         verdict = _verdict(metric, draft["estimate"], p_adj, settings.alpha)
         need = None
         if verdict == "unresolved":
-            need = lm_seeds_for_power(draft["estimate"], draft["std"], alpha_each, POWER)
+            need = lm_seeds_for_power(draft["estimate"], draft["std"], alpha_each, POWER, cap=POWER_CAP)
         out.append(Comparison(**draft, p_adjusted=p_adj, verdict=verdict, lm_seeds_to_resolve=need))
     return out
 
@@ -304,7 +305,8 @@ def conclusions_markdown(conclusions: Conclusions, machines: Iterable[str] = ())
                                                           (["---:", "---"] if two_stage else [])) + "|"]
     for c in conclusions.comparisons:
         seeds = f"{c.units}" if c.unit == "lm_seed" else f"1 LM ({c.units} seeds)"
-        need = "–" if c.verdict != "unresolved" else (f"~{c.lm_seeds_to_resolve}" if c.lm_seeds_to_resolve else "–")
+        need = "–" if c.verdict != "unresolved" or not c.lm_seeds_to_resolve else \
+            (f">{POWER_CAP}" if c.lm_seeds_to_resolve >= POWER_CAP else f"~{c.lm_seeds_to_resolve}")
         cells = [c.task, f"{c.variant} - {c.reference}", c.metric, c.family, _f(c.estimate, "+.3f"),
                  f"[{_f(c.low, '+.3f')}, {_f(c.high, '+.3f')}]", _p(c.p_adjusted), seeds, c.verdict, need]
         if two_stage:
