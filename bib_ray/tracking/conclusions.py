@@ -32,7 +32,7 @@ import numpy as np
 from bib_ray.tracking.inference import (ALPHA, POWER, UnitEstimate, bonferroni_t_interval, holm_adjust,
                                         lm_seeds_for_power, random_effects, stein_interval, stein_total)
 from bib_ray.tracking.output import csv_text
-from bib_ray.tracking.runs import lm_seed_sort_key, seed_sort_key, variant_sort_key
+from bib_ray.tracking.runs import compared_variants, lm_seed_sort_key, seed_sort_key, variant_sort_key
 
 DEFAULT_PRIMARY = "normalized_median"
 POWER_CAP = 10_000  # the power search stops here: an effect this small is no effect to chase
@@ -167,26 +167,13 @@ def _verdict(metric: str, estimate: float, p_adjusted: float, alpha: float) -> s
     return "better" if higher != (metric in MINIMISED_METRICS) else "worse"
 
 
-def _group(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row[key], []).append(row)
-    return groups
-
-
 def comparison_values(rows: list[dict[str, Any]], reference: str, metric: str) -> dict[tuple[str, str], _Values]:
     """Per (task, variant label other than the reference): its paired values of ``metric``."""
     out: dict[tuple[str, str], _Values] = {}
-    for task, task_rows in sorted(_group(rows, "task").items(), key=lambda kv: str(kv[0])):
-        groups = _group(task_rows, "variant")
-        if reference not in groups:
-            continue
-        for label in sorted(groups, key=variant_sort_key):
-            if label == reference:
-                continue
-            values = _paired_values(groups[label], groups[reference], metric)
-            if values.pairs:
-                out[(str(task), label)] = values
+    for task, label, _, mine, ref in compared_variants(rows, reference):
+        values = _paired_values(mine, ref, metric)
+        if values.pairs:
+            out[(str(task), label)] = values
     return out
 
 

@@ -30,7 +30,7 @@ from bib_ray.tracking.conclusions import (DEFAULT_PRIMARY, Conclusions, Inferenc
 from bib_ray.tracking.history import metric_per_step, seed_band
 from bib_ray.tracking.output import csv_text, prepare_output_dir
 from bib_ray.tracking.plots import TrajectoryPanel, plot_paired, plot_scores, plot_trajectories
-from bib_ray.tracking.runs import (COLUMNS, KIND_TAG, NAME_TAG, child_runs, client_of, collect_cells,
+from bib_ray.tracking.runs import (COLUMNS, KIND_TAG, NAME_TAG, child_runs, client_of, collect_cells, compared_variants, group_rows,
                                    lm_seed_sort_key, score_metric, score_source, seed_sort_key, variant_sort_key)
 from bib_ray.tracking.runs import find_parent, is_ablation_parent, variant_label  # noqa: F401 - callers import them here
 from bib_ray.tracking.stats import mean_ranks, paired_difference, replicate_interval
@@ -56,9 +56,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     it; missing from all gives NaN.
     """
     summary: list[dict[str, Any]] = []
-    for task, task_rows in _group(rows, "task").items():
+    for task, task_rows in group_rows(rows, "task").items():
         source = score_source(task_rows)
-        groups = _group(task_rows, "variant")
+        groups = group_rows(task_rows, "variant")
         for label in sorted(groups, key=variant_sort_key):
             group = groups[label]
             lm_seeds = sorted({r["lm_seed"] for r in group}, key=lm_seed_sort_key)
@@ -81,13 +81,6 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def _group(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row[key], []).append(row)
-    return {k: groups[k] for k in sorted(groups, key=str)}
-
-
 def default_reference(labels: Iterable[str]) -> str:
     """``fixed`` when the ablation ran it, else its first variant label."""
     labels = sorted(set(labels), key=variant_sort_key)
@@ -105,33 +98,27 @@ def paired(rows: list[dict[str, Any]], reference: str, conclusions: Conclusions 
     ``<column>_verdict``: what the table marks. A task without the reference variant has no rows here.
     """
     out: list[dict[str, Any]] = []
-    for task, task_rows in _group(rows, "task").items():
+    for task, label, task_rows, mine, ref in compared_variants(rows, reference):
         source = score_source(task_rows)
-        groups = _group(task_rows, "variant")
-        if reference not in groups:
-            continue
-        for label in sorted(groups, key=variant_sort_key):
-            if label == reference:
-                continue
-            entry: dict[str, Any] = {"task": task, "variant": label, "reference": reference, "score": source}
-            for column in PAIRED_COLUMNS:
-                metric = score_metric(source, column)
+        entry: dict[str, Any] = {"task": task, "variant": label, "reference": reference, "score": source}
+        for column in PAIRED_COLUMNS:
+            metric = score_metric(source, column)
 
-                def by_replicate(group: list[dict[str, Any]], metric: str = metric) -> dict[tuple, float]:
-                    return {(r["lm_seed"], r["seed"]): r["metrics"][metric] for r in group if metric in r["metrics"]}
+            def by_replicate(group: list[dict[str, Any]], metric: str = metric) -> dict[tuple, float]:
+                return {(r["lm_seed"], r["seed"]): r["metrics"][metric] for r in group if metric in r["metrics"]}
 
-                diff = paired_difference(by_replicate(groups[label]), by_replicate(groups[reference]))
-                entry["pairs"], entry["interval_unit"] = diff.pairs, diff.interval.unit
-                entry[f"{column}_diff"] = diff.mean
-                entry[f"{column}_ci_low"], entry[f"{column}_ci_high"] = diff.interval.low, diff.interval.high
-                entry[f"{column}_p"] = diff.p_value
-                entry[f"{column}_excludes_zero"] = diff.interval.excludes_zero
-                found = conclusions.find(str(task), label, metric) if conclusions is not None else None
-                entry[f"{column}_adj_low"] = found.low if found else math.nan
-                entry[f"{column}_adj_high"] = found.high if found else math.nan
-                entry[f"{column}_p_adj"] = found.p_adjusted if found else math.nan
-                entry[f"{column}_verdict"] = found.verdict if found else "unresolved"
-            out.append(entry)
+            diff = paired_difference(by_replicate(mine), by_replicate(ref))
+            entry["pairs"], entry["interval_unit"] = diff.pairs, diff.interval.unit
+            entry[f"{column}_diff"] = diff.mean
+            entry[f"{column}_ci_low"], entry[f"{column}_ci_high"] = diff.interval.low, diff.interval.high
+            entry[f"{column}_p"] = diff.p_value
+            entry[f"{column}_excludes_zero"] = diff.interval.excludes_zero
+            found = conclusions.find(str(task), label, metric) if conclusions is not None else None
+            entry[f"{column}_adj_low"] = found.low if found else math.nan
+            entry[f"{column}_adj_high"] = found.high if found else math.nan
+            entry[f"{column}_p_adj"] = found.p_adjusted if found else math.nan
+            entry[f"{column}_verdict"] = found.verdict if found else "unresolved"
+        out.append(entry)
     return out
 
 
@@ -365,7 +352,7 @@ def trajectory_panels(client: Any, rows: list[dict[str, Any]]) -> list[Trajector
     """One :class:`~bib_ray.tracking.plots.TrajectoryPanel` per task: the max score (normalized with an
     oracle, else the proxy's) per design step and variant."""
     panels = []
-    for task, task_rows in _group(rows, "task").items():
+    for task, task_rows in group_rows(rows, "task").items():
         source = score_source(task_rows)
         metric = score_metric(source, "max")
         panels.append(TrajectoryPanel(task=str(task), metric=metric, lines=trajectory_data(client, task_rows, metric),
@@ -376,7 +363,7 @@ def trajectory_panels(client: Any, rows: list[dict[str, Any]]) -> list[Trajector
 def secondary_metrics(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     """The score metrics of the summary columns (max, median, mean) for every task's score source."""
     names: list[str] = []
-    for task_rows in _group(rows, "task").values():
+    for task_rows in group_rows(rows, "task").values():
         source = score_source(task_rows)
         names += [score_metric(source, c) for c in PAIRED_COLUMNS if score_metric(source, c) not in names]
     return tuple(names)

@@ -237,3 +237,24 @@ def score_metric(source: str, column: str = "max") -> str:
     """The MLflow metric behind a summary column for a score source (``normalized_max``, ``proxy_max``)."""
     oracle, proxy = COLUMNS[column]
     return oracle if source == "normalized" else proxy
+
+
+def group_rows(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
+    """Rows grouped by ``row[key]``, groups in the order of their key's text."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[key], []).append(row)
+    return {k: groups[k] for k in sorted(groups, key=str)}
+
+
+def compared_variants(rows: list[dict[str, Any]], reference: str):
+    """Per task (in order) that ran ``reference``, each other variant label in table order: yields
+    ``(task, label, task_rows, variant_rows, reference_rows)``, what a paired comparison needs."""
+    for task, task_rows in group_rows(rows, "task").items():
+        groups = group_rows(task_rows, "variant")
+        if reference not in groups:
+            continue
+        for label in sorted(groups, key=variant_sort_key):
+            if label != reference:
+                yield task, label, task_rows, groups[label], groups[reference]
+
