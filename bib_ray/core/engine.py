@@ -116,17 +116,21 @@ class BIBEngine:
             (grad,) = torch.autograd.grad(-prediction.sum(), z, retain_graph=keep)
         elif self.adaptive_gamma is not None:
             grad_f, grad_b = _two_gradients(loss_f.sum(), loss_b.sum(), z, keep)
+        else:
+            weighted = (self.gamma * loss_f + (1 - self.gamma) * loss_b).sum()
+            (grad,) = torch.autograd.grad(weighted, z, retain_graph=keep)
+        # Adaptive-eta's gradient of f_a is the last use of this step's LM graph: taking it here
+        # frees the graph before Adaptive-gamma's look-ahead forward builds a second one, so one LM
+        # graph is alive at the peak, not two (same numbers: the same backward of the same graph).
+        grad_fa = torch.autograd.grad(self.auxiliary(phi).sum(), z)[0] if keep else None
+        if self.adaptive_gamma is not None:
             h = self.gamma_hypergradient(z, grad_f, grad_b, self.gamma, cfg.lr)
             self.gamma = self.adaptive_gamma.update(h).clone()
             g = _per_design(self.gamma, grad_f)
             grad = g * grad_f + (1 - g) * grad_b
-        else:
-            weighted = (self.gamma * loss_f + (1 - self.gamma) * loss_b).sum()
-            (grad,) = torch.autograd.grad(weighted, z, retain_graph=keep)
         if not torch.isfinite(grad).all():
             raise NonFiniteLossError(f"design gradient turned NaN or infinite at step {index}")
-        if self.adaptive_eta is not None:
-            (grad_fa,) = torch.autograd.grad(self.auxiliary(phi).sum(), z)
+        if grad_fa is not None:
             eta = self.adaptive_eta.rate(grad_fa, self.adam.direction(grad))
         else:
             eta = torch.full((z.shape[0],), cfg.lr, dtype=z.dtype, device=z.device)
