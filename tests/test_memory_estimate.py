@@ -55,19 +55,23 @@ def _spec(lm: str | None, variant: str, eta: bool) -> RunSpec:
 
 
 @pytest.mark.parametrize("which", ["default_lm", "small_bert"])
-@pytest.mark.parametrize("variant,eta", [("learned", False), ("learned", True), ("fixed", True), ("grad", False)])
-def test_estimate_within_20_percent_of_cpu_saved_bytes(which, variant, eta, small_bert_dir):
+@pytest.mark.parametrize("variant,eta,precision", [("learned", False, "fp32"), ("learned", True, "fp32"),
+                                                   ("fixed", True, "fp32"), ("grad", False, "fp32"),
+                                                   ("learned", True, "bf16")])
+def test_estimate_within_20_percent_of_cpu_saved_bytes(which, variant, eta, precision, small_bert_dir):
     lm = None if which == "default_lm" else small_bert_dir
-    spec = _spec(lm, variant, eta)
+    spec = _spec(lm, variant, eta).with_updates({"precision": precision})
     estimate = estimate_trial_memory(spec, ALPHABET, LENGTH)  # meta: no weights, no data
     proxy = _default_lm_proxy(spec) if lm is None else LMProxy.load(lm, ALPHABET, "cpu")
+    if precision == "bf16":
+        proxy = proxy.astype(torch.bfloat16)
     engine = _cpu_engine(proxy, spec)
     measured = peak_saved_bytes(engine, lambda e: e.step(0))  # real tensors, a real engine step
     assert measured > 0
     assert abs(estimate.activation_bytes - measured) <= 0.2 * measured, (estimate.activation_bytes, measured)
     real_params = sum(p.numel() for p in proxy.model.parameters())
     assert estimate.parameters == real_params
-    assert estimate.parameter_bytes >= 4 * real_params
+    assert estimate.parameter_bytes >= proxy.model.dtype.itemsize * real_params
 
 
 def test_meter_releases_a_freed_graph():
