@@ -35,6 +35,7 @@ def run_bare_tune(param_space: dict[str, Any], trials: int, slots: int, sleep_s:
     """Run the bare search on the Ray this process is connected to; one timing record per trial."""
     from optuna.samplers import TPESampler
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -43,7 +44,8 @@ def run_bare_tune(param_space: dict[str, Any], trials: int, slots: int, sleep_s:
     trainable = tune.with_resources(tune.with_parameters(_sleeping_trial, sleep_s=sleep_s), {"cpu": 1})
     tuner = tune.Tuner(trainable, param_space=param_space,
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, reuse_actors=True),
-                       run_config=tune.RunConfig(name="bare_tune", storage_path=str(storage), verbose=0))
+                       run_config=tune.RunConfig(name="bare_tune", storage_path=str(storage), verbose=0,
+                                                 callbacks=[JsonLoggerCallback()]))  # as bib-ray's: result.json only
     finals = []
     for result in tuner.fit():
         m = result.metrics or {}

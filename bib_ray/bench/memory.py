@@ -28,8 +28,8 @@ from typing import Callable, TextIO
 import torch
 
 from bib_ray.core.auxiliary import fit_auxiliary
-from bib_ray.core.engine import BIBEngine, _two_gradients
-from bib_ray.core.ridge import OfflineFit, backward_loss, forward_loss, forward_prediction
+from bib_ray.core.engine import BIBEngine
+from bib_ray.core.ridge import OfflineFit
 from bib_ray.errors import BibInputError
 from bib_ray.proxy.lm_proxy import LMProxy, check_model_source
 from bib_ray.spec import RunSpec
@@ -102,27 +102,13 @@ class _Held:
 
 
 def replay_step(engine: BIBEngine) -> None:
-    """The autograd calls of one :meth:`BIBEngine.step`, in its order, without its host-side checks
-    and records (they read values, which ``meta`` tensors do not have). Keep in step with the engine:
-    tests compare the peak this gives on meta with the real step's on CPU."""
-    cfg = engine.config
+    """The autograd calls of one :meth:`BIBEngine.step`, through the engine's own pieces and in its
+    order, without the step's checks and records (they read values, which ``meta`` tensors lack)."""
     z = engine.z.detach().requires_grad_(True)
     phi = engine.phi(z)
-    loss_f = forward_loss(phi, engine.fit, cfg.target)
-    loss_b = backward_loss(phi, engine.fit, cfg.target)
-    prediction = forward_prediction(phi, engine.fit)
-    keep = engine.adaptive_eta is not None
-    if cfg.variant == "grad":
-        torch.autograd.grad(-prediction.sum(), z, retain_graph=keep)
-    elif engine.adaptive_gamma is not None:
-        grad_f, grad_b = _two_gradients(loss_f.sum(), loss_b.sum(), z, keep)
-    else:
-        weighted = (engine.gamma * loss_f + (1 - engine.gamma) * loss_b).sum()
-        torch.autograd.grad(weighted, z, retain_graph=keep)
-    if keep:
-        torch.autograd.grad(engine.auxiliary(phi).sum(), z)
+    grads, _ = engine.graph_gradients(z, phi, *engine.losses(phi))
     if engine.adaptive_gamma is not None:
-        engine.gamma_hypergradient(z, grad_f, grad_b, engine.gamma, cfg.lr)
+        engine.gamma_hypergradient(z, *grads, engine.gamma, engine.config.lr)
 
 
 def peak_saved_bytes(engine: BIBEngine, step: Callable[[BIBEngine], object] = replay_step) -> int:
