@@ -140,6 +140,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "memory":
+        from bib_ray.bench.memory import main as memory_bench
+
+        return memory_bench(task=args.task, lm=args.lm, designs=args.designs, variant=args.variant,
+                            adaptive_eta=args.adaptive_eta, precision=args.precision)
     if args.what == "engine":
         from bib_ray.bench.engine_bench import main as engine_bench
 
@@ -247,11 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=cmd_cache)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures",
-                           description="engine: batched vs one-at-a-time design steps/s; search: overhead share.")
-    bench.add_argument("what", choices=["engine", "search"], help="which benchmark")
+                           description="engine: batched vs one-at-a-time design steps/s; search: overhead share; "
+                                       "memory: a trial's peak memory, estimated from the LM's config.")
+    bench.add_argument("what", choices=["engine", "search", "memory"], help="which benchmark")
     bench.add_argument("--task", default="tfbind8", help="task (default tfbind8)")
     bench.add_argument("--steps", type=int, default=None, help="design steps per run")
-    bench.add_argument("--designs", type=int, default=128, help="M (engine benchmark)")
+    bench.add_argument("--designs", type=int, default=128, help="M (engine and memory benchmarks)")
     bench.add_argument("--loop-designs", type=int, default=8,
                        help="designs timed one at a time (the loop's rate is per design, so a sample suffices)")
     bench.add_argument("--trials", type=int, default=16, help="trials (search benchmark)")
@@ -262,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "cuda when there is one)")
     bench.add_argument("--gpu", type=float, default=0.0, help="search benchmark: GPU share of each trial (e.g. "
                        "0.25: four trials per GPU; default 0, CPU only)")
+    bench.add_argument("--lm", help="memory benchmark: hub id or folder of the LM (its config is read, no "
+                       "weights); default: the default small LM's architecture")
+    bench.add_argument("--adaptive-eta", action="store_true", help="memory benchmark: with Adaptive-eta")
+    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="memory benchmark: the LM's number format (default fp32)")
     bench.set_defaults(func=cmd_bench)
 
     tasks = sub.add_parser("tasks", help="list the tasks and their options, or one task's choices",

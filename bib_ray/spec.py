@@ -8,7 +8,7 @@ YAML. Everything above it (search spaces, ablation plans) produces RunSpecs; eve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,6 +41,9 @@ class RunSpec(BaseModel):
     lm: str | None = Field(None, description="hub id or local path of a masked LM; None: the default small LM")
     lm_pretrain: SmallLMConfig = Field(default_factory=SmallLMConfig, description="the default LM's recipe")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="the LM's number format during design: bf16 halves its weights and activations "
+                            "(losses, ridge solves and offline embeddings stay fp32)")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     criteria: CriteriaConfig = Field(default_factory=CriteriaConfig,
                                      description="how the offline-safe criteria are fit (bib_ray.criteria)")

@@ -149,7 +149,7 @@ def get_workbench(spec: RunSpec, log_every: int = 0) -> Workbench:
     global LM_LOADS
     device = resolve_device(spec.device)
     pretrain: SmallLMConfig | None = None if spec.lm else spec.lm_pretrain
-    key = (spec.task.key(), spec.lm, pretrain.key() if pretrain else None, str(device))
+    key = (spec.task.key(), spec.lm, pretrain.key() if pretrain else None, str(device), spec.precision)
     with _LOCK:
         if key in _BENCHES:
             return _BENCHES[key]
@@ -157,6 +157,10 @@ def get_workbench(spec: RunSpec, log_every: int = 0) -> Workbench:
         source = resolve_lm_source(spec, task, log_every)
         proxy = LMProxy.load(source, task.alphabet, device)
         LM_LOADS += 1
+        if spec.precision == "bf16":
+            # The offline set is embedded by the same bf16 LM, so a design and an offline sequence with
+            # the same letters get the same phi; the fingerprint is the bf16 weights', so its caches are its own.
+            proxy = proxy.astype(torch.bfloat16)
         phi = embed_offline(proxy, task)
         y = np.asarray(task.offline_y, dtype=np.float64)
         mean, std = float(y.mean()), float(y.std())

@@ -44,3 +44,25 @@ def test_gpu_share_without_a_gpu_is_one_line_error(tmp_path):
                    env={"CUDA_VISIBLE_DEVICES": "", "BIB_RAY_CACHE": str(tmp_path / "cache")})
     assert_one_line_error(proc, "--gpu")
     assert not (tmp_path / "cache" / "lm").exists()
+
+
+def test_bare_tune_run_times_its_sleeping_trials(tmp_path):
+    """The bare Tune + Optuna reference of ``bench search``: every trial sleeps as asked, on at most
+    ``slots`` workers, and its steady share counts what is left between and around the sleeps."""
+    import ray
+    from ray import tune
+
+    from bib_ray.bench.bare_tune import run_bare_tune
+    from bib_ray.distributed.tune_job import init_ray
+
+    init_ray(None, num_cpus=2)
+    try:
+        finals = run_bare_tune({"a": tune.uniform(0.0, 1.0), "b": tune.loguniform(0.01, 1.0)}, trials=4, slots=2,
+                               sleep_s=0.3, storage=tmp_path)
+    finally:
+        ray.shutdown()
+    assert len(finals) == 4
+    assert all(0.3 <= f.timing.design_seconds < f.timing.ended_at - f.timing.started_at + 1e-6 for f in finals)
+    assert len({f.worker.pid for f in finals}) <= 2
+    share = steady_overhead_share(finals)
+    assert 0.0 < share < 1.0

@@ -101,32 +101,52 @@ class BIBEngine:
         tangent = -lr * (grad_f - grad_b)
         return (self.auxiliary_gradient(lookahead) * tangent).flatten(1).sum(1).to(torch.float64)
 
+    def losses(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L_f, L_b and the forward ridge prediction of each design, (M,) each."""
+        target = self.config.target
+        return (forward_loss(phi, self.fit, target), backward_loss(phi, self.fit, target),
+                forward_prediction(phi, self.fit))
+
+    def graph_gradients(self, z: torch.Tensor, phi: torch.Tensor, loss_f: torch.Tensor, loss_b: torch.Tensor,
+                        prediction: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """Every gradient a step takes through its LM graph, which the last one frees: the design
+        gradient (``(grad,)``, or ``(grad_f, grad_b)`` for the learned weight) and Adaptive-eta's
+        gradient of f_a (None without it).
+
+        Why f_a's gradient is taken here, before Adaptive-gamma's look-ahead: once it is taken the graph
+        is freed, so the look-ahead's forward builds its graph alone: one LM graph alive at the peak,
+        not two (the same backward of the same graph, so the same numbers)."""
+        keep = self.adaptive_eta is not None
+        if self.config.variant == "grad":
+            grads = torch.autograd.grad(-prediction.sum(), z, retain_graph=keep)
+        elif self.adaptive_gamma is not None:
+            grads = _two_gradients(loss_f.sum(), loss_b.sum(), z, keep)
+        else:
+            weighted = (self.gamma * loss_f + (1 - self.gamma) * loss_b).sum()
+            grads = torch.autograd.grad(weighted, z, retain_graph=keep)
+        grad_fa = torch.autograd.grad(self.auxiliary(phi).sum(), z)[0] if keep else None
+        return tuple(grads), grad_fa
+
     # --- the loop -------------------------------------------------------------------------------
     def step(self, index: int) -> StepRecord:
         """One design step for all M designs."""
         cfg = self.config
         z = self.z.detach().requires_grad_(True)
         phi = self.phi(z)
-        loss_f = forward_loss(phi, self.fit, cfg.target)
-        loss_b = backward_loss(phi, self.fit, cfg.target)
-        prediction = forward_prediction(phi, self.fit)
+        loss_f, loss_b, prediction = self.losses(phi)
         _check_finite(loss_f, loss_b, index)
-        keep = self.adaptive_eta is not None
-        if cfg.variant == "grad":
-            (grad,) = torch.autograd.grad(-prediction.sum(), z, retain_graph=keep)
-        elif self.adaptive_gamma is not None:
-            grad_f, grad_b = _two_gradients(loss_f.sum(), loss_b.sum(), z, keep)
+        grads, grad_fa = self.graph_gradients(z, phi, loss_f, loss_b, prediction)
+        if self.adaptive_gamma is not None:
+            grad_f, grad_b = grads
             h = self.gamma_hypergradient(z, grad_f, grad_b, self.gamma, cfg.lr)
             self.gamma = self.adaptive_gamma.update(h).clone()
             g = _per_design(self.gamma, grad_f)
             grad = g * grad_f + (1 - g) * grad_b
         else:
-            weighted = (self.gamma * loss_f + (1 - self.gamma) * loss_b).sum()
-            (grad,) = torch.autograd.grad(weighted, z, retain_graph=keep)
+            (grad,) = grads
         if not torch.isfinite(grad).all():
             raise NonFiniteLossError(f"design gradient turned NaN or infinite at step {index}")
-        if self.adaptive_eta is not None:
-            (grad_fa,) = torch.autograd.grad(self.auxiliary(phi).sum(), z)
+        if grad_fa is not None:
             eta = self.adaptive_eta.rate(grad_fa, self.adam.direction(grad))
         else:
             eta = torch.full((z.shape[0],), cfg.lr, dtype=z.dtype, device=z.device)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from bib_ray.bench.memory import warn_if_gpu_share_too_small
 from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, lm_seed_list, load_plan
 from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
 from bib_ray.errors import BibInputError
@@ -104,6 +105,7 @@ def _run_cells(plan: AblationPlan, base: RunSpec, store: Store, name: str, todo:
         prepare_default_lms([c.spec for c in todo])
     init_ray(address)  # only when there is work: a re-run of a finished plan just reports
     check_resources({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu})
+    warn_if_gpu_share_too_small([c.spec for c in todo], plan.resources.gpu)
     job = TuneJob(name=name, kind="ablation", store=store, plan=TrialPlan(base=base, report_every=None),
                   param_space={CellConfig.CONFIG_KEY: tune.grid_search([c.config().as_dict() for c in todo])},
                   resources={"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}, metric=None, mode=None,

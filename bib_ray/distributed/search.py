@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from bib_ray.bench.memory import warn_if_gpu_share_too_small
 from bib_ray.criteria import split_offline
 from bib_ray.distributed.space import OFFLINE_METRICS, SearchSpace, lm_seed_list, load_search_space
 from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, execute, open_store_while_ray_starts,
@@ -143,6 +144,7 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
         prepare_default_lms(default_lm_variants(space))
     store = open_store_while_ray_starts(tracking_uri, space.name, address)
     check_resources({"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    warn_if_gpu_share_too_small([space.base], space.resources.gpu)
     job = build_job(space, store, source_text or yaml.safe_dump(space.model_dump(mode="json")), resume_command,
                     study_storage)
     outcome = execute(job, storage_root(storage), resume)

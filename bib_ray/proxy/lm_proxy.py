@@ -123,10 +123,14 @@ class LMProxy:
         return self._fingerprint
 
     def astype(self, dtype: torch.dtype) -> "LMProxy":
-        """A copy computing in ``dtype`` (float64 for exact derivative checks, bf16 on GPUs)."""
+        """A copy computing in ``dtype`` (float64 for exact derivative checks, bf16 for ``precision: bf16``).
+
+        Its embeddings come back in fp32 (see :meth:`embed`); its fingerprint is its own weights' (a
+        bf16 copy's caches are not the fp32 LM's)."""
         import copy
 
         other = copy.copy(self)
+        other._fingerprint = None
         other.model = copy.deepcopy(self.model).to(dtype)
         other._content_table = self._content_table.to(dtype)
         other._prefix = self._prefix.to(dtype)
@@ -156,7 +160,10 @@ class LMProxy:
         # then skips building and adding one, which is measurable at this size.
         hidden = self.model(inputs_embeds=inputs).last_hidden_state
         first = len(self.tokens.prefix_ids)
-        return hidden[:, first: first + content.shape[1]].mean(dim=1)
+        phi = hidden[:, first: first + content.shape[1]].mean(dim=1)
+        # A bf16 LM's phi comes out in fp32: the kernel, losses and ridge solves of a bf16 run stay in
+        # fp32 (fp32 and fp64 LMs are left as they are: fp64 serves exact derivative checks).
+        return phi.float() if phi.dtype.itemsize < 4 else phi
 
     @torch.no_grad()
     def embed_sequences(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
