@@ -34,6 +34,8 @@ def _add_run_spec_flags(p: argparse.ArgumentParser) -> None:
                    help="task option, repeatable: aav start=561 end=588 phenotype=packaging; csv path=FILE "
                         "alphabet=ACGT; ehrlich length=32 vocab=20")
     p.add_argument("--data", metavar="FILE", help="shorthand for --task-option path=FILE (csv/npy tasks)")
+    p.add_argument("--strict", action="store_true", help="csv/npy tasks: refuse (not just warn about) lowercase "
+                   "letters and letters rarer than 1%% of positions in the inferred alphabet")
     p.add_argument("--lm", help="hub id or local path of a masked LM (DNABERT, ProtBERT, ESM-2); "
                    "default: the small LM bib-ray pre-trains on the task and caches")
     p.add_argument("--pretrain-steps", type=int, help="pre-training budget of the default LM (MLM steps)")
@@ -48,6 +50,8 @@ def _spec_from_args(args: argparse.Namespace):
     options = _task_options(args.task_option)
     if getattr(args, "data", None):
         options["path"] = args.data
+    if getattr(args, "strict", False):
+        options["strict"] = "true"
     if args.task:
         updates["task.name"] = args.task
         updates["task.options"] = options
@@ -68,8 +72,18 @@ def _spec_from_args(args: argparse.Namespace):
     _check_task(spec)
     from bib_ray.runner import validate_spec
 
-    validate_spec(spec)
+    _report_data(validate_spec(spec))
     return spec
+
+
+def _report_data(task) -> None:
+    """What the user should know about their own data before it is used: the alphabet read off the
+    file, and each warning the reader found (duplicates, lowercase or rare letters)."""
+    if getattr(task, "alphabet_inferred", False):
+        print(f"bib-ray: data: alphabet {task.alphabet} ({len(task.alphabet)} letters, inferred from "
+              f"{task.path}; give alphabet= to fix it)", file=sys.stderr, flush=True)
+    for warning in getattr(task, "warnings", ()):
+        print(f"bib-ray: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _check_task(spec) -> None:

@@ -91,11 +91,13 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
 def provenance(spec: RunSpec, bench: Workbench) -> dict[str, Any]:
     """What a reader needs to know which LM and which code produced a result: the LM's weights
     fingerprint (a hash of the loaded tensors), its pre-training seed (None for an LM given by id or
-    path), and the versions of torch and transformers that ran it."""
+    path), the task's alphabet (inferred from user data unless given: the letters designs are made
+    of), and the versions of torch and transformers that ran it."""
     import transformers
 
     return {"lm_fingerprint": bench.proxy.fingerprint(), "lm_seed": None if spec.lm else spec.lm_pretrain.seed,
-            "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+            "alphabet": bench.task.alphabet, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__}
 
 
 def validate_spec(spec: RunSpec) -> Task:

@@ -264,6 +264,8 @@ class MLflowTrialCallback(Callback):
             self.store.log_metrics(run_id, final, step)
         self.store.set_tags(run_id, {"lm_loads_in_worker": record.worker.lm_loads, "worker_pid": record.worker.pid,
                                      "node": record.worker.node, **record.provenance})
+        if "alphabet" in record.provenance:  # the letters designs are made of (inferred for user data)
+            self.store.log_params(run_id, {"task.alphabet": record.provenance["alphabet"]})
         if record.designs:
             self.store.log_text(run_id, designs_csv(record.designs), "designs.csv")
         self.store.set_status(run_id, "FINISHED")
