@@ -102,7 +102,7 @@ def provenance(spec: RunSpec, bench: Workbench) -> dict[str, Any]:
 
 def validate_spec(spec: RunSpec) -> Task:
     """Checks that need the task, done before any LM is loaded or trained: returns the task."""
-    from bib_ray.proxy.lm_proxy import check_model_source, resolve_device
+    from bib_ray.proxy.lm_proxy import check_model_source, hub_load_options, resolve_device
     from bib_ray.workbench import build_task
 
     task = build_task(spec.task)
@@ -110,7 +110,7 @@ def validate_spec(spec: RunSpec) -> Task:
     split_offline(len(task.offline_y), spec.criteria)  # both parts of the criteria's split keep enough points
     resolve_device(spec.device)
     if spec.lm:
-        check_model_source(spec.lm)
+        hub_load_options(check_model_source(spec.lm))  # a hub id without network fails here, in one line
     return task
 
 
