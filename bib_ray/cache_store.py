@@ -233,6 +233,21 @@ class EntryInfo:
     created: str
     manifest: dict | None
 
+    def lm_details(self) -> dict[str, str]:
+        """What a default LM was trained on and how: task options, LM seed, MLM steps, recipe version;
+        "?" where an older entry did not record it, "-" for entries that are not LMs."""
+        if self.kind != "lm":
+            return {"options": "-", "lm_seed": "-", "steps": "-", "recipe": "-"}
+        extra = (self.manifest or {}).get("extra") or {}
+        config = extra.get("config") or {}
+        options = extra.get("task_options")
+
+        def shown(value: Any) -> str:
+            return "?" if value is None else str(value)
+        return {"options": "?" if options is None else (",".join(f"{k}={v}" for k, v in options.items()) or "-"),
+                "lm_seed": shown(config.get("seed")), "steps": shown(config.get("steps")),
+                "recipe": shown(extra.get("recipe_version"))}
+
 
 def _entry_size(entry: Path) -> int:
     try:

@@ -14,6 +14,10 @@ from typing import Any, Sequence
 from bib_ray.errors import BibInputError
 
 EXIT_INPUT = 2
+PRETRAIN_FLOOR = 100
+"""Fewest MLM steps --pretrain-steps accepts: below it the default LM is close to its random start (0 is
+a random LM), and BIB's kernel then measures nothing about the sequences; a run file may go lower
+(tests do), but never to 0."""
 
 
 def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -60,6 +64,10 @@ def _spec_from_args(args: argparse.Namespace):
     if args.lm:
         updates["lm"] = args.lm
     if args.pretrain_steps is not None:
+        if args.pretrain_steps < PRETRAIN_FLOOR:
+            raise BibInputError("--pretrain-steps", f"lm_pretrain.steps = {args.pretrain_steps} is below the floor "
+                                f"of {PRETRAIN_FLOOR} MLM steps (the LM would stay close to random)",
+                                f"give at least {PRETRAIN_FLOOR}, or leave it out for the default budget")
         updates["lm_pretrain.steps"] = args.pretrain_steps
     if args.device:
         updates["device"] = args.device
@@ -98,12 +106,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bib_ray.runner import run_bib
 
     spec = _spec_from_args(args)
+    _check_output_free(args.output, args.force)
     progress = not args.no_progress and sys.stderr.isatty()
     result = run_bib(spec, progress=progress)
     out = write_run_outputs(result, args.output)
     print(summary_table(result.metrics))
     print(f"wrote {out / 'result.json'} and {out / 'designs.csv'}")
     return 0
+
+
+def _check_output_free(output: str, force: bool) -> None:
+    """An output folder that already holds files is not overwritten unless --force says so: a re-run
+    with other settings would otherwise replace the last result without a word."""
+    from pathlib import Path
+
+    folder = Path(output).expanduser()
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise BibInputError("--output", f"{folder} already holds files ({shown})",
+                            "give another --output, or add --force to overwrite result.json and designs.csv")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -130,9 +152,29 @@ def cmd_search(args: argparse.Namespace) -> int:
                           storage=args.storage, best_output=args.best_output, optuna_storage=args.optuna_storage)
 
 
+def unmatched_overrides(plan, base) -> list[int]:
+    """Indexes of the plan's overrides that match none of its cells (a typo in a match value, say)."""
+    import itertools
+
+    from bib_ray.distributed.space import lm_seed_list
+
+    tasks = [t.name for t in plan.tasks] or [base.task.name]
+    variants = list(plan.variants) + (["grad"] if plan.baseline and "grad" not in plan.variants else [])
+    cells = [dict(zip(("task", "variant", "adaptive_eta", "lm_seed", "seed"), combo)) for combo in itertools.product(
+        tasks, variants, plan.adaptive_eta, lm_seed_list(plan.lm_seeds, base), plan.seeds)]
+    return [i for i, override in enumerate(plan.overrides)
+            if not any(all(cell[k] == v for k, v in override.match.items()) for cell in cells)]
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from bib_ray.distributed.ablation import ablate_command
+    from bib_ray.distributed.plan import load_plan
 
+    plan, base = load_plan(args.plan)
+    for i in unmatched_overrides(plan, base):
+        match = ", ".join(f"{k}={v}" for k, v in plan.overrides[i].match.items())
+        print(f"bib-ray: warning: overrides[{i}] (match {match}) matches no cell of {args.plan}; its settings "
+              "are not used", file=sys.stderr, flush=True)
     return ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
                           force=args.force, storage=args.storage, output=args.output)
 
@@ -210,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="design steps (default: 100 for DNA, 25 for protein)")
     run.add_argument("--designs", type=int, help="number of designs M (default 128)")
     run.add_argument("--lr", type=float, help="design learning rate (default 0.1)")
-    run.add_argument("--output", default="bib_ray_output", metavar="DIR", help="folder for result.json, designs.csv")
+    run.add_argument("--output", default="bib_ray_output", metavar="DIR",
+                     help="folder for result.json and designs.csv (default: %(default)s in the working folder)")
+    run.add_argument("--force", action="store_true", help="overwrite an --output folder that already holds files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

@@ -16,6 +16,7 @@ import torch
 
 from bib_ray.core.engine import BIBEngine, StepRecord
 from bib_ray.criteria import OfflineCriteria, split_offline
+from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tasks import Task
 from bib_ray.workbench import Workbench, get_workbench
@@ -105,6 +106,9 @@ def validate_spec(spec: RunSpec) -> Task:
     from bib_ray.proxy.lm_proxy import check_model_source, hub_load_options, resolve_device
     from bib_ray.workbench import build_task
 
+    if not spec.lm and spec.lm_pretrain.steps == 0:
+        raise BibInputError("lm_pretrain.steps", "0 MLM steps would leave the default LM random (and cache it)",
+                            "give at least 100 steps, or leave it out for the default budget")
     task = build_task(spec.task)
     task.top_offline(spec.engine.designs)  # M must not exceed the offline set
     split_offline(len(task.offline_y), spec.criteria)  # both parts of the criteria's split keep enough points

@@ -84,8 +84,9 @@ def test_folder_without_vocabulary_names_the_missing_file(tmp_path):
     assert "only its special tokens" in text and "no vocab.txt or tokenizer.json" in text and str(folder) in text
 
 
-def test_cli_refuses_protein_lm_on_tfbind8(protein_lm, capsys):
-    code = main(["run", "--task", "tfbind8", "--lm", protein_lm, "--steps", "1", "--designs", "4", "--no-progress"])
+def test_cli_refuses_protein_lm_on_tfbind8(protein_lm, capsys, tmp_path):
+    code = main(["run", "--task", "tfbind8", "--lm", protein_lm, "--steps", "1", "--designs", "4", "--no-progress",
+                 "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("bib-ray: error: lm:") and "amino acids" in err[0]
 

@@ -197,5 +197,8 @@ def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
         pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
                           out_dir, log_every=log_every, label=f"{task.name} LM seed {config.seed}")
 
-    return ensure_entry(path, "lm", pretrain, lambda p: p, task=task.name, lm=path.name,
-                        extra={"config": config.model_dump()})
+    # What `bib-ray cache list` shows of the LM: the task's options (TF table, window), the LM seed and
+    # steps (in the config) and the recipe version, since the folder name is a hash of them.
+    extra = {"config": config.model_dump(), "recipe_version": RECIPE_VERSION,
+             "task_options": {k: str(v) for k, v in getattr(task, "made_with", {}).items()}}
+    return ensure_entry(path, "lm", pretrain, lambda p: p, task=task.name, lm=path.name, extra=extra)

@@ -152,11 +152,14 @@ def make_task(name: str, **options: Any) -> Task:
             other = "csv" if key == "npy" else "npy"
             raise BibInputError("path", f"task {key!r} reads {'/'.join(_EXTENSIONS[key])} files, not {suffix}",
                                 f"use task {other!r} for this file")
-        return UserDataTask(**values)
+        task = UserDataTask(**values)
+        task.made_with = dict(values)
+        return task
     cache_key = (key, tuple(sorted(values.items())))
     with _LOCK:
         task = _CACHE.get(cache_key)
         if task is None:
             task = _BUILDERS[key](**values)
+            task.made_with = dict(values)  # what `bib-ray cache list` shows of an LM pre-trained on it
             _CACHE[cache_key] = task
     return task
