@@ -42,7 +42,8 @@ def _add_run_spec_flags(p: argparse.ArgumentParser) -> None:
                    "letters and letters rarer than 1%% of positions in the inferred alphabet")
     p.add_argument("--lm", help="hub id or local path of a masked LM (DNABERT, ProtBERT, ESM-2); "
                    "default: the small LM bib-ray pre-trains on the task and caches")
-    p.add_argument("--pretrain-steps", type=int, help="pre-training budget of the default LM (MLM steps)")
+    p.add_argument("--pretrain-steps", type=int, help=f"pre-training budget of the default LM (MLM steps, at least "
+                   f"{PRETRAIN_FLOOR}; default: 8000 for 8-letter sequences, fewer for longer ones)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
 
 
@@ -107,8 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args)
     _check_output_free(args.output, args.force)
-    progress = not args.no_progress and sys.stderr.isatty()
-    result = run_bib(spec, progress=progress)
+    progress = not args.no_progress and sys.stderr.isatty()  # a bar on a terminal only
+    # Pre-training lines (ten) on a terminal or not: minutes of silence in a batch log look like a hang.
+    log_every = 0
+    if not args.no_progress and not spec.lm:
+        from bib_ray.workbench import build_task
+
+        log_every = max(1, (spec.lm_pretrain.resolved(build_task(spec.task).length).steps or 10) // 10)
+    result = run_bib(spec, progress=progress, pretrain_log_every=log_every)
     out = write_run_outputs(result, args.output)
     print(summary_table(result.metrics))
     print(f"wrote {out / 'result.json'} and {out / 'designs.csv'}")
@@ -147,9 +154,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from bib_ray.distributed.search import search_command
+    from bib_ray.progress import current
 
-    return search_command(args.space, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
+    code = search_command(args.space, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
                           storage=args.storage, best_output=args.best_output, optuna_storage=args.optuna_storage)
+    current().line("search: " + current().summary("trials"))
+    return code
 
 
 def unmatched_overrides(plan, base) -> list[int]:
@@ -169,14 +179,17 @@ def unmatched_overrides(plan, base) -> list[int]:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from bib_ray.distributed.ablation import ablate_command
     from bib_ray.distributed.plan import load_plan
+    from bib_ray.progress import current
 
     plan, base = load_plan(args.plan)
     for i in unmatched_overrides(plan, base):
         match = ", ".join(f"{k}={v}" for k, v in plan.overrides[i].match.items())
         print(f"bib-ray: warning: overrides[{i}] (match {match}) matches no cell of {args.plan}; its settings "
               "are not used", file=sys.stderr, flush=True)
-    return ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
+    code = ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
                           force=args.force, storage=args.storage, output=args.output)
+    current().line("ablation: " + current().summary("cells"))
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -334,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from bib_ray.progress import install
+
+    install()  # this command's progress lines: elapsed times count from here
     if args.command in ("search", "ablate", "bench") and not getattr(args, "address", None) \
             and "ray" not in sys.modules:  # a Ray of our own, and Ray not yet imported (it reads the mode once)
         from bib_ray.distributed.tune_job import ask_token_auth_for_local_ray

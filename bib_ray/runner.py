@@ -119,8 +119,12 @@ def validate_spec(spec: RunSpec) -> Task:
 
 
 def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False,
-            bench: Workbench | None = None, criteria_at: Callable[[int], bool] | None = None) -> RunResult:
+            bench: Workbench | None = None, criteria_at: Callable[[int], bool] | None = None,
+            pretrain_log_every: int | None = None) -> RunResult:
     """Run BIB as ``spec`` says; call ``on_step`` with each step's metrics; return the result.
+
+    ``progress`` shows a bar over the design steps; a default LM pre-trained on the way prints a line
+    every ``pretrain_log_every`` MLM steps (None: 250 with ``progress``, else none).
 
     The offline criteria are computed at the last step and at every step ``criteria_at(step)`` (1-based)
     accepts; None: at every step. (The pairwise models and the nearest-offline distance cost a few
@@ -128,7 +132,9 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
     t0 = time.perf_counter()
     if bench is None:
         validate_spec(spec)
-    bench = bench or get_workbench(spec, log_every=250 if progress else 0)
+    if pretrain_log_every is None:
+        pretrain_log_every = 250 if progress else 0
+    bench = bench or get_workbench(spec, log_every=pretrain_log_every)
     task = bench.task
     torch.manual_seed(spec.engine.seed)
     engine, start = build_engine(spec, bench)

@@ -164,8 +164,13 @@ def _pretrain(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out
         scheduler.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"pretrain {label}{' ' if label else ''}step {step + 1}/{config.steps} mlm_loss={sum(losses[-log_every:]) / log_every:.4f}",
-                  flush=True)
+            from bib_ray.progress import duration
+
+            spent = time.perf_counter() - started
+            left = spent / (step + 1) * (config.steps - step - 1)
+            print(f"[bib-ray] pre-training {label}{' ' if label else ''}step {step + 1}/{config.steps} "
+                  f"mlm_loss={sum(losses[-log_every:]) / log_every:.4f} (elapsed {duration(spent)}, "
+                  f"about {duration(left)} left)", flush=True)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
