@@ -347,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MLflow's client writes "View run ... / View experiment at ..." to stdout each time a run on a
+    # server ends (two lines per trial); bib-ray prints its own runs-table address once instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from bib_ray.progress import install
 
     install()  # this command's progress lines: elapsed times count from here
