@@ -8,6 +8,7 @@ Ray or MLflow; they receive the metrics through ``on_step``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -93,12 +94,28 @@ def provenance(spec: RunSpec, bench: Workbench) -> dict[str, Any]:
     """What a reader needs to know which LM and which code produced a result: the LM's weights
     fingerprint (a hash of the loaded tensors), its pre-training seed (None for an LM given by id or
     path), the task's alphabet (inferred from user data unless given: the letters designs are made
-    of), and the versions of torch and transformers that ran it."""
+    of), the versions of torch and transformers that ran it, and the CPU and the kernel path torch
+    dispatched (``torch.backends.cpu.get_cpu_capability()``): digits differ across kernel paths, so a table
+    says which one made it."""
     import transformers
 
     return {"lm_fingerprint": bench.proxy.fingerprint(), "lm_seed": None if spec.lm else spec.lm_pretrain.seed,
             "alphabet": bench.task.alphabet, "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__}
+            "transformers_version": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's processor string)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def validate_spec(spec: RunSpec) -> Task:
@@ -184,3 +201,18 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
                      designs=task.decode(designs), scores=scores, predictions=pred, spec=spec,
                      seconds=seconds)
 
+
+
+def logged_metric_names(has_oracle: bool) -> frozenset[str]:
+    """Every metric :func:`step_metrics` can log for a task with or without an oracle (criteria included).
+
+    Why: a plan's ``primary_metric`` is checked against this before any cell starts, so a typo or an oracle
+    metric on a task without an oracle is a one-line error, not an empty verdicts table after an hour.
+    """
+    from bib_ray.criteria import CRITERIA_NAMES
+
+    names = {"proxy_max", "proxy_median", "proxy_mean", "offline_proxy_max", "offline_proxy_mean",
+             "mean_edit_distance", "gamma", "eta", "forward_loss", "backward_loss", "unique_designs", *CRITERIA_NAMES}
+    if has_oracle:
+        names |= {"normalized_max", "normalized_median", "normalized_mean"}
+    return frozenset(names)

@@ -66,7 +66,8 @@ def test_report_files_and_artifacts(ablation_run):
     store = Store(uri, plan.name)
     logged = {a.path for a in store.client.list_artifacts(first.parent_id, "report")}
     assert logged == {"report/table.md", "report/table.csv", "report/paired.md", "report/paired.csv",
-                      "report/scores.png", "report/paired.png", "report/trajectory.png"}
+                      "report/scores.png", "report/paired.png", "report/trajectory.png", "report/conclusions.md",
+                      "report/conclusions.csv"}
 
 
 def test_rerun_skips_finished_cells(ablation_run):

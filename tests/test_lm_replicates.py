@@ -141,8 +141,11 @@ def test_table_csv_has_interval_columns_and_across_tasks(synthetic):
     for v in VARIANTS:
         assert got[v]["mean_rank"] == pytest.approx(np.mean(ranks[v]))
     for v in ("learned", "grad"):
-        beats = sum(p["median_excludes_zero"] and p["median_diff"] > 0 for p in report.paired if p["variant"] == v)
-        assert got[v]["beats_reference"] == beats and got[v]["paired_tasks"] == 2
+        # Better/worse counts rest on the family-adjusted verdicts of the primary metric (the median).
+        beats = sum(p["median_verdict"] == "better" for p in report.paired if p["variant"] == v)
+        trails = sum(p["median_verdict"] == "worse" for p in report.paired if p["variant"] == v)
+        assert got[v]["beats_reference"] == beats and got[v]["trails_reference"] == trails
+        assert got[v]["paired_tasks"] == 2
     logged = {a.path for a in store.client.list_artifacts(parent, "report")}
     assert {"report/paired.csv", "report/paired.md", "report/across_tasks.csv", "report/paired.png"} <= logged
 

@@ -12,7 +12,8 @@ from ablation_fixtures import make_synthetic_ablation
 from mlflow_server import mlflow_server  # noqa: F401 - the fixture
 
 NAME = "server_plan"
-REPORT_FILES = {"table.md", "table.csv", "paired.md", "paired.csv", "scores.png", "paired.png", "trajectory.png"}
+REPORT_FILES = {"table.md", "table.csv", "paired.md", "paired.csv", "scores.png", "paired.png", "trajectory.png",
+                "conclusions.md", "conclusions.csv"}
 
 
 def test_report_through_the_server(mlflow_server, tmp_path, capsys):  # noqa: F811 - the fixture

@@ -25,7 +25,7 @@ SEEDS = [0, 1]
 TASKS = ("tfbind8", "csv")  # csv: no oracle, so the table falls back to proxy scores
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = {"table.md", "table.csv", "paired.md", "paired.csv", "scores.png", "paired.png", "trajectory.png",
-                "across_tasks.md", "across_tasks.csv"}
+                "across_tasks.md", "across_tasks.csv", "conclusions.md", "conclusions.csv"}
 COLUMN_METRICS = {
     "normalized": {"max": "normalized_max", "median": "normalized_median", "mean": "normalized_mean"},
     "proxy": {"max": "proxy_max", "median": "proxy_median", "mean": "proxy_mean"},

@@ -49,6 +49,30 @@ class Override(BaseModel):
         return value
 
 
+class Replication(BaseModel):
+    """Adaptive LM replication by Stein's two-stage procedure.
+
+    Stage one runs every cell on ``initial_lm_seeds`` LMs (seeds 0..n0-1). From stage one's spread of each
+    primary comparison, the driver computes the total N of LM seeds that gives a family-adjusted interval
+    no wider than ``target_half_width`` (capped at ``max_lm_seeds``), pre-trains the extra LMs once each and
+    runs the extra cells in the same job. Why Stein's: its interval keeps its coverage although N was chosen
+    from the data (degrees of freedom and spread are stage one's); "add LMs until significant" does not.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_half_width: float = Field(gt=0, description="the adjusted interval's half-width to reach, in metric units")
+    initial_lm_seeds: int = Field(3, ge=2, description="stage one's LM seeds (at least 2: Stein needs a spread)")
+    max_lm_seeds: int = Field(12, ge=2, description="never more LM seeds than this per comparison")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Replication":
+        if self.max_lm_seeds < self.initial_lm_seeds:
+            raise ValueError(f"max_lm_seeds ({self.max_lm_seeds}) is below initial_lm_seeds "
+                             f"({self.initial_lm_seeds}); set max_lm_seeds >= initial_lm_seeds")
+        return self
+
+
 class PanelSample(BaseModel):
     """A seeded draw of ``n`` values of a task option that has a list of names (tfbind8's ``tf``)."""
 
@@ -110,6 +134,9 @@ class AblationPlan(BaseModel):
     reference: str | None = Field(None, description="variant label the paired differences compare against "
                                                     "(default: fixed, else the first variant)")
     overrides: list[Override] = Field(default_factory=list)
+    primary_metric: str = Field("normalized_median", min_length=1,
+                                description="the metric verdicts are stated for (its own family); others are secondary")
+    replication: Replication | None = Field(None, description="adaptive LM seeds by Stein's two-stage procedure")
     concurrency: int = Field(2, ge=1)
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(2, ge=0)
@@ -181,6 +208,18 @@ class AblationPlan(BaseModel):
         return self.reference
 
     @model_validator(mode="after")
+    def _replication_owns_the_lm_seeds(self) -> "AblationPlan":
+        if self.replication is not None and self.lm_seeds is not None:
+            raise ValueError("replication chooses the LM seeds (0, 1, ... up to max_lm_seeds); remove lm_seeds")
+        return self
+
+    def stage_one_lm_seeds(self) -> list[int] | None:
+        """The LM seeds every cell runs on first: ``lm_seeds``, or stage one of ``replication``."""
+        if self.replication is not None:
+            return list(range(self.replication.initial_lm_seeds))
+        return self.lm_seeds
+
+    @model_validator(mode="after")
     def _overrides_are_run_settings(self) -> "AblationPlan":
         for i, override in enumerate(self.overrides):
             try:
@@ -199,6 +238,8 @@ class Cell:
     updates: dict[str, Any]
     spec: RunSpec
     task_label: str = ""
+    variant_label: str = ""
+    lm_seed: int | None = None
 
     def config(self) -> CellConfig:
         """What the cell's trial receives (its run is the plan's base with these updates)."""
@@ -220,11 +261,16 @@ def _matches(match: dict[str, Any], values: dict[str, Any]) -> bool:
     return all(values[k] == v for k, v in match.items())
 
 
-def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
-    """Every cell (replicate) of the plan, in a stable order: task, variant, eta, LM seed, design seed."""
+def expand_cells(plan: AblationPlan, base: RunSpec, lm_seeds: list[int] | None = None) -> list[Cell]:
+    """Every cell (replicate) of the plan, in a stable order: task, variant, eta, LM seed, design seed.
+
+    ``lm_seeds``: these LM seeds instead of the plan's stage one (a replicated plan's second stage)."""
     tasks = plan.tasks or [base.task]
     variants = list(plan.variants) + (["grad"] if plan.baseline and "grad" not in plan.variants else [])
-    lm_seeds = lm_seed_list(plan.lm_seeds, base)
+    if plan.replication is not None and base.lm:
+        raise BibInputError("replication", f"needs the default LM's pre-training seeds, but the plan names the "
+                            f"explicit lm {base.lm!r}", "remove replication, or set lm: null")
+    lm_seeds = lm_seed_list(lm_seeds if lm_seeds is not None else plan.stage_one_lm_seeds(), base)
     plan.reference_label  # noqa: B018 - a bad reference fails here, before Ray or MLflow start
     cells = []
     labels = dict(zip((t.key() for t in tasks), task_labels(list(tasks))))
@@ -243,7 +289,8 @@ def expand_cells(plan: AblationPlan, base: RunSpec) -> list[Cell]:
                                            sort_keys=True).encode()).hexdigest()[:16]
         lm_part = "" if lm_seed is None else f"/lm{lm_seed}"
         label = f"{labels[task.key()]}/{variant}{'+eta' if eta else ''}{lm_part}/seed{seed}"
-        cells.append(Cell(name=label, key=digest, updates=updates, spec=spec, task_label=labels[task.key()]))
+        cells.append(Cell(name=label, key=digest, updates=updates, spec=spec, task_label=labels[task.key()],
+                          variant_label=f"{variant}{'+eta' if eta else ''}", lm_seed=lm_seed))
     return cells
 
 

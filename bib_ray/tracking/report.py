@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from bib_ray.errors import BibInputError
+from bib_ray.tracking.conclusions import (DEFAULT_PRIMARY, Conclusions, InferenceSettings, conclude, conclusions_csv,
+                                          conclusions_markdown, pooled_csv)
 from bib_ray.tracking.history import metric_per_step, seed_band
 from bib_ray.tracking.output import csv_text, prepare_output_dir
 from bib_ray.tracking.plots import TrajectoryPanel, plot_paired, plot_scores, plot_trajectories
@@ -35,6 +37,7 @@ from bib_ray.tracking.stats import mean_ranks, paired_difference, replicate_inte
 from bib_ray.tracking.store import resolve_tracking_uri, retrying
 
 REPORT_DIR = "report"
+PRIMARY_TAG = "primary_metric"
 DEFAULT_OUTPUT = "ablation_report"
 MARKDOWN_COLUMNS = (("max", "max"), ("median", "median"), ("mean", "mean"), ("edit_distance", "edit distance"))
 INTERVAL_COLUMNS = ("max", "median", "mean")  # columns whose Markdown cell shows the 95% interval
@@ -91,13 +94,15 @@ def default_reference(labels: Iterable[str]) -> str:
     return "fixed" if "fixed" in labels else labels[0]
 
 
-def paired(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+def paired(rows: list[dict[str, Any]], reference: str, conclusions: Conclusions | None = None) -> list[dict[str, Any]]:
     """Per task and variant label other than ``reference``: the paired difference variant - reference.
 
     Pairs share task, LM seed and design seed. Keys: ``task, variant, reference, pairs, interval_unit``,
-    and for max, median, mean: ``<column>_diff``, ``<column>_ci_low``, ``<column>_ci_high``,
-    ``<column>_p`` (exact sign-flip test) and ``<column>_excludes_zero``. A task without the reference
-    variant has no rows here.
+    and for max, median, mean: ``<column>_diff``, ``<column>_ci_low``, ``<column>_ci_high`` (the
+    unadjusted 95% t interval over LM-seed means), ``<column>_p`` (exact sign-flip test, unadjusted) and
+    ``<column>_excludes_zero`` (of that unadjusted interval). With ``conclusions`` (the report's
+    family-adjusted verdicts) also ``<column>_adj_low``, ``<column>_adj_high``, ``<column>_p_adj`` and
+    ``<column>_verdict``: what the table marks. A task without the reference variant has no rows here.
     """
     out: list[dict[str, Any]] = []
     for task, task_rows in _group(rows, "task").items():
@@ -121,27 +126,42 @@ def paired(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
                 entry[f"{column}_ci_low"], entry[f"{column}_ci_high"] = diff.interval.low, diff.interval.high
                 entry[f"{column}_p"] = diff.p_value
                 entry[f"{column}_excludes_zero"] = diff.interval.excludes_zero
+                found = conclusions.find(str(task), label, metric) if conclusions is not None else None
+                entry[f"{column}_adj_low"] = found.low if found else math.nan
+                entry[f"{column}_adj_high"] = found.high if found else math.nan
+                entry[f"{column}_p_adj"] = found.p_adjusted if found else math.nan
+                entry[f"{column}_verdict"] = found.verdict if found else "unresolved"
             out.append(entry)
     return out
 
 
 def across_tasks(summary: list[dict[str, Any]], paired_rows: list[dict[str, Any]],
-                 reference: str) -> list[dict[str, Any]]:
-    """Per variant label, over tasks: mean rank of its median (1 = best), and on how many tasks its
-    paired median difference to the reference has an interval above 0 (beats) or below 0 (trails)."""
+                 reference: str, conclusions: Conclusions | None = None) -> list[dict[str, Any]]:
+    """Per variant label, over tasks: mean rank of its median (1 = best), on how many tasks it is
+    ``better`` or ``worse`` than the reference on the primary metric (the family-adjusted verdicts), and
+    the random-effects pooled primary effect with its interval, tau^2, I^2 and verdict."""
     scores: dict[str, dict[str, float]] = {}
     for entry in summary:
         scores.setdefault(entry["task"], {})[entry["variant"]] = entry["median_mean"]
     ranks = mean_ranks(scores)
+    primary = conclusions.primary() if conclusions is not None else []
+    pooled = {p.variant: p for p in conclusions.pooled} if conclusions is not None else {}
+    nan = math.nan
     out = []
     for label in sorted(ranks, key=variant_sort_key):
         mine = [p for p in paired_rows if p["variant"] == label]
+        verdicts = [c.verdict for c in primary if c.variant == label]
+        effect = pooled.get(label)
         out.append({"variant": label, "tasks": sum(label in by_variant for by_variant in scores.values()),
                     "mean_rank": ranks[label], "reference": reference,
                     "median_diff_mean": float(np.mean([p["median_diff"] for p in mine])) if mine else math.nan,
-                    "beats_reference": sum(p["median_excludes_zero"] and p["median_diff"] > 0 for p in mine),
-                    "trails_reference": sum(p["median_excludes_zero"] and p["median_diff"] < 0 for p in mine),
-                    "paired_tasks": len(mine)})
+                    "beats_reference": verdicts.count("better"), "trails_reference": verdicts.count("worse"),
+                    "paired_tasks": len(mine),
+                    "primary_metric": conclusions.settings.primary_metric if conclusions is not None else "",
+                    "pooled_estimate": effect.estimate if effect else nan, "pooled_low": effect.low if effect else nan,
+                    "pooled_high": effect.high if effect else nan, "pooled_tau2": effect.tau2 if effect else nan,
+                    "pooled_i2": effect.i2 if effect else nan,
+                    "pooled_verdict": effect.verdict if effect else ""})
     return out
 
 
@@ -201,28 +221,30 @@ def to_markdown(summary: list[dict[str, Any]]) -> str:
 
 
 def paired_markdown(rows: list[dict[str, Any]]) -> str:
-    """Paired differences as Markdown: mean difference [95% interval] and the sign-flip p per column;
-    ``*`` marks a difference whose interval excludes 0."""
+    """Paired differences as Markdown: mean difference [simultaneous 95% interval] and the Holm-adjusted p
+    per column; ``*`` marks a difference whose family-adjusted verdict is better or worse."""
     if not rows:
         return "No paired differences (the reference variant has no finished replicate).\n"
     reference = rows[0]["reference"]
-    head = ["task", f"variant - {reference}", "pairs"] + [f"Δ {c} [95% CI]" for c in PAIRED_COLUMNS] + \
-        [f"p ({c})" for c in PAIRED_COLUMNS]
+    head = ["task", f"variant - {reference}", "pairs"] + [f"Δ {c} [adj. 95% CI]" for c in PAIRED_COLUMNS] + \
+        [f"adj. p ({c})" for c in PAIRED_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (2 * len(PAIRED_COLUMNS))) + "|"]
     for row in rows:
         cells = [row["task"], row["variant"], str(row["pairs"])]
         for column in PAIRED_COLUMNS:
-            mark = "*" if row[f"{column}_excludes_zero"] else ""
-            cells.append(f"{row[f'{column}_diff']:+.3f} [{_fmt(row[f'{column}_ci_low'])}, "
-                         f"{_fmt(row[f'{column}_ci_high'])}]{mark}")
-        cells += [_fmt(row[f"{column}_p"]) for column in PAIRED_COLUMNS]
+            mark = "*" if row.get(f"{column}_verdict", "unresolved") != "unresolved" else ""
+            cells.append(f"{row[f'{column}_diff']:+.3f} [{_fmt(row.get(f'{column}_adj_low', math.nan))}, "
+                         f"{_fmt(row.get(f'{column}_adj_high', math.nan))}]{mark}")
+        cells += [_fmt(row.get(f"{column}_p_adj", math.nan)) for column in PAIRED_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     units = {r["interval_unit"] for r in rows}
     over = "LM-seed means of the differences" if units == {"lm_seed"} else \
         "differences on one LM (design seeds)" if units == {"seed"} else "LM-seed means (one-LM rows: design seeds)"
-    note = (f"Pairs share task, LM seed and design seed. Interval: 95% t interval over {over}; * marks an interval "
-            "that excludes 0. p: exact two-sided sign-flip permutation test over the pairs (do the variants "
-            "differ on these LMs); the interval is the criterion for a new LM.")
+    note = (f"Pairs share task, LM seed and design seed. Each column is a family (every variant x task comparison "
+            f"of that metric): interval: Bonferroni t interval over {over}, simultaneous over the family (Stein's "
+            "two-stage interval for the primary metric of a replicated plan); adj. p: Holm's step-down over the "
+            "family; * marks adj. p < 0.05. The unadjusted 95% intervals and the exact sign-flip p-values are in "
+            "paired.csv; the verdicts in conclusions.md.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -231,16 +253,25 @@ def across_tasks_markdown(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     reference = rows[0]["reference"]
-    lines = [f"| variant | tasks | mean rank (median) | mean Δ median vs {reference} | beats {reference} | "
-             f"trails {reference} |", "|---|---:|---:|---:|---:|---:|"]
+    metric = rows[0].get("primary_metric") or "median"
+    lines = [f"| variant | tasks | mean rank (median) | mean Δ median vs {reference} | better than {reference} | "
+             f"worse than {reference} | pooled Δ {metric} [adj. 95% CI] | tau^2 | I^2 | pooled verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         n = row["paired_tasks"]
         diff = "–" if math.isnan(row["median_diff_mean"]) else format(row["median_diff_mean"], "+.3f")
         beats, trails = (f"{row['beats_reference']} of {n}", f"{row['trails_reference']} of {n}") if n else \
             ("(reference)", "(reference)")
-        lines.append(f"| {row['variant']} | {row['tasks']} | {row['mean_rank']:.2f} | {diff} | {beats} | {trails} |")
-    note = ("Rank 1 = the best mean median on a task (ties share a rank). Beats/trails: tasks on which the paired "
-            "median difference's 95% interval lies above/below 0.")
+        pooled = "–" if math.isnan(row.get("pooled_estimate", math.nan)) else \
+            f"{row['pooled_estimate']:+.3f} [{_fmt(row['pooled_low'])}, {_fmt(row['pooled_high'])}]"
+        tau2 = "–" if math.isnan(row.get("pooled_tau2", math.nan)) else f"{row['pooled_tau2']:.4f}"
+        i2 = "–" if math.isnan(row.get("pooled_i2", math.nan)) else f"{100 * row['pooled_i2']:.0f}%"
+        lines.append(f"| {row['variant']} | {row['tasks']} | {row['mean_rank']:.2f} | {diff} | {beats} | {trails} | "
+                     f"{pooled} | {tau2} | {i2} | {row.get('pooled_verdict') or '–'} |")
+    note = (f"Rank 1 = the best mean median on a task (ties share a rank). Better/worse: tasks on which the "
+            f"family-adjusted verdict on {metric} is better/worse (conclusions.md). Pooled: DerSimonian-Laird random "
+            "effects over the tasks' paired effects, Hartung-Knapp-Sidik-Jonkman interval at the Bonferroni level "
+            "over the variants pooled, Holm-adjusted verdict.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -256,14 +287,16 @@ def paired_csv_columns() -> list[str]:
     """The paired CSV header."""
     cols = ["task", "variant", "reference", "pairs", "score", "interval_unit"]
     for column in PAIRED_COLUMNS:
-        cols += [f"{column}_diff", f"{column}_ci_low", f"{column}_ci_high", f"{column}_p", f"{column}_excludes_zero"]
+        cols += [f"{column}_diff", f"{column}_ci_low", f"{column}_ci_high", f"{column}_p", f"{column}_excludes_zero",
+                 f"{column}_adj_low", f"{column}_adj_high", f"{column}_p_adj", f"{column}_verdict"]
     return cols
 
 
 def across_tasks_csv_columns() -> list[str]:
     """The cross-task CSV header."""
     return ["variant", "tasks", "mean_rank", "reference", "median_diff_mean", "beats_reference",
-            "trails_reference", "paired_tasks"]
+            "trails_reference", "paired_tasks", "primary_metric", "pooled_estimate", "pooled_low", "pooled_high",
+            "pooled_tau2", "pooled_i2", "pooled_verdict"]
 
 
 def to_csv(summary: list[dict[str, Any]]) -> str:
@@ -292,11 +325,16 @@ class Report:
     across_md: Path | None = None
     across_csv: Path | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    conclusions: Conclusions | None = None
+    conclusions_md: Path | None = None
+    conclusions_csv: Path | None = None
+    pooled_csv: Path | None = None
 
     @property
     def paths(self) -> list[Path]:
         """The files written, in the order they are logged."""
         files = [self.table_md, self.table_csv, self.paired_md, self.paired_csv, self.across_md, self.across_csv,
+                 self.conclusions_md, self.conclusions_csv, self.pooled_csv,
                  self.scores_png, self.paired_png, self.trajectory_png]
         return [f for f in files if f is not None]
 
@@ -309,6 +347,8 @@ class Report:
                          f"\n\n{self.paired_md.read_text()}")
         if self.across_md is not None:
             parts.append(f"Across tasks:\n\n{self.across_md.read_text()}")
+        if self.conclusions_md is not None:
+            parts.append(f"Verdicts:\n\n{self.conclusions_md.read_text()}")
         return "\n".join(parts)
 
 
@@ -333,6 +373,29 @@ def trajectory_panels(client: Any, rows: list[dict[str, Any]]) -> list[Trajector
     return panels
 
 
+def secondary_metrics(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The score metrics of the summary columns (max, median, mean) for every task's score source."""
+    names: list[str] = []
+    for task_rows in _group(rows, "task").values():
+        source = score_source(task_rows)
+        names += [score_metric(source, c) for c in PAIRED_COLUMNS if score_metric(source, c) not in names]
+    return tuple(names)
+
+
+def settings_from_tags(tags: dict[str, str], rows: list[dict[str, Any]]) -> InferenceSettings:
+    """The plan's inference settings as the driver recorded them on the parent run (defaults for a parent
+    from before they were recorded: primary ``normalized_median``, no two-stage replication)."""
+    def number(key: str, kind: type) -> Any:
+        value = tags.get(key)
+        return None if value in (None, "", "None") else kind(value)
+
+    return InferenceSettings(primary_metric=tags.get(PRIMARY_TAG) or DEFAULT_PRIMARY,
+                             secondary_metrics=secondary_metrics(rows),
+                             initial_lm_seeds=number("replication.initial_lm_seeds", int),
+                             target_half_width=number("replication.target_half_width", float),
+                             max_lm_seeds=number("replication.max_lm_seeds", int))
+
+
 def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, reference: str | None = None) -> Report:
     """Tables (Markdown, CSV) and plots of an ablation, written and logged.
 
@@ -354,8 +417,8 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
         raise BibInputError("report", f"ablation parent run {parent_id} has no finished cells ({states})",
                             "let `bib-ray ablate` finish a cell, or resume it with --resume")
     out = prepare_output_dir(out_dir)
+    parent = retrying(lambda: client.get_run(parent_id))
     if reference is None:
-        parent = retrying(lambda: client.get_run(parent_id))
         reference = parent.data.tags.get("reference") or default_reference(r["variant"] for r in rows)
     labels = {r["variant"] for r in rows}
     if reference not in labels:
@@ -364,20 +427,28 @@ def build_report(store_or_client: Any, parent_id: str, out_dir: str | Path, refe
     summary = summarise(rows)
     markdown = to_markdown(summary)
     table_csv = to_csv(summary)
-    paired_rows = paired(rows, reference)
+    conclusions = conclude(rows, reference, settings_from_tags(parent.data.tags, rows))
+    paired_rows = paired(rows, reference, conclusions)
     report = Report(parent_id=parent_id, summary=summary, markdown=markdown, csv=table_csv,
                     table_md=out / "table.md", table_csv=out / "table.csv", scores_png=out / "scores.png",
                     trajectory_png=out / "trajectory.png", paired=paired_rows, paired_md=out / "paired.md",
-                    paired_csv=out / "paired.csv", paired_png=out / "paired.png", skipped=skipped)
+                    paired_csv=out / "paired.csv", paired_png=out / "paired.png", skipped=skipped,
+                    conclusions=conclusions, conclusions_md=out / "conclusions.md",
+                    conclusions_csv=out / "conclusions.csv")
     report.table_md.write_text(markdown)
     report.table_csv.write_text(table_csv)
     report.paired_md.write_text(paired_markdown(paired_rows))
     report.paired_csv.write_text(csv_text(paired_rows, paired_csv_columns()))
     if len(summary) and len({e["task"] for e in summary}) > 1:
-        report.across_tasks = across_tasks(summary, paired_rows, reference)
+        report.across_tasks = across_tasks(summary, paired_rows, reference, conclusions)
         report.across_md, report.across_csv = out / "across_tasks.md", out / "across_tasks.csv"
         report.across_md.write_text(across_tasks_markdown(report.across_tasks))
         report.across_csv.write_text(csv_text(report.across_tasks, across_tasks_csv_columns()))
+    report.conclusions_md.write_text(conclusions_markdown(conclusions, (r.get("machine", "unrecorded") for r in rows)))
+    report.conclusions_csv.write_text(conclusions_csv(conclusions))
+    if conclusions.pooled:
+        report.pooled_csv = out / "pooled.csv"
+        report.pooled_csv.write_text(pooled_csv(conclusions))
     plot_scores(rows, summary, report.scores_png)
     plot_paired(paired_rows, report.paired_png)
     plot_trajectories(trajectory_panels(client, rows), report.trajectory_png)

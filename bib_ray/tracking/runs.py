@@ -165,7 +165,15 @@ def _row(run) -> dict[str, Any]:
             "seed": _seed(tags.get("seed")), "lm_seed": _lm_seed(tags.get("lm_seed")),
             "lm": _explicit_lm(run.data.params.get("lm")), "lm_fingerprint": tags.get("lm_fingerprint", ""),
             "cell": tags.get("cell", run.info.run_name or ""), "status": run.info.status,
-            "metrics": dict(run.data.metrics)}
+            "machine": machine_of(tags), "metrics": dict(run.data.metrics)}
+
+
+def machine_of(tags: dict[str, str]) -> str:
+    """Which machine made a run, from its provenance tags: CPU model, torch's CPU kernel path, versions."""
+    parts = [tags.get("cpu_model", ""), tags.get("cpu_capability", "") and f"kernels {tags['cpu_capability']}",
+             tags.get("torch_version", "") and f"torch {tags['torch_version']}",
+             tags.get("transformers_version", "") and f"transformers {tags['transformers_version']}"]
+    return ", ".join(p for p in parts if p) or "unrecorded"
 
 
 def child_runs(client_or_store: Any, parent_id: str) -> list:
