@@ -182,10 +182,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from bib_ray.progress import current
 
     plan, base = load_plan(args.plan)
+    from bib_ray.workbench import build_task
+
     for i in unmatched_overrides(plan, base):
         match = ", ".join(f"{k}={v}" for k, v in plan.overrides[i].match.items())
         print(f"bib-ray: warning: overrides[{i}] (match {match}) matches no cell of {args.plan}; its settings "
               "are not used", file=sys.stderr, flush=True)
+    for task_spec in plan.tasks or [base.task]:
+        if task_spec.name in ("csv", "npy"):  # the user's own data: its alphabet and warnings, as for run
+            _report_data(build_task(task_spec))
     code = ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
                           force=args.force, storage=args.storage, output=args.output)
     current().line("ablation: " + current().summary("cells"))

@@ -49,15 +49,19 @@ def test_override_matching_no_cell_is_warned(tmp_path):
                           {"match": {"seed": 3}, "set": {"engine.lr": 0.2}}]}
     parsed = parse_plan(plan, "plan.yaml")
     assert unmatched_overrides(parsed, parsed.base) == [1, 2]
-    # through the CLI: the warning comes first, then the plan's real problem (a missing data file) stops it
-    plan["tasks"] = [{"name": "csv", "options": {"path": str(tmp_path / "missing.csv")}}]
+    # through the CLI: the warnings come first, then the plan's real problem (a missing data file) stops it
+    rows = "".join(f"{a}{b}{c}{d},{i}\n" for i, (a, b, c, d) in enumerate(
+        (a, b, c, d) for a in "ACGT" for b in "ACGT" for c in "ACGT" for d in "ACGT"))
+    (tmp_path / "data.csv").write_text("sequence,score\n" + rows)
+    plan["tasks"] = [{"name": "csv", "options": {"path": str(tmp_path / name)}} for name in ("data.csv", "missing.csv")]
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     proc = run_cli(["ablate", "plan.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path)
+    assert "bib-ray: data: alphabet ACGT (4 letters, inferred from" in proc.stderr  # the plan's own data
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("bib-ray: warning: overrides")]
     assert len(warnings) == 2, proc.stderr
     assert "overrides[1] (match variant=lerned) matches no cell" in warnings[0]
     assert "overrides[2] (match seed=3)" in warnings[1]
-    assert proc.returncode == 2 and "missing.csv" in proc.stderr.splitlines()[-1]
+    assert proc.returncode == 2 and "missing.csv" in proc.stderr.splitlines()[-1], proc.stderr
 
 
 def test_run_help_names_the_default_output(capsys):
