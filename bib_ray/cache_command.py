@@ -26,10 +26,15 @@ def human_size(size: int) -> str:
 
 
 def format_table(entries: list[EntryInfo]) -> str:
-    """The table ``bib-ray cache list`` prints, one row per entry."""
-    header = ("KIND", "TASK", "LM", "SIZE", "CREATED", "ENTRY")
-    rows = [(e.kind, e.task, e.lm, human_size(e.size),
-             e.created if e.manifest else "? (no manifest: rebuilt on next use)", e.path.name) for e in entries]
+    """The table ``bib-ray cache list`` prints, one row per entry; for a default LM also the task options it
+    was trained on (TF table, window), its LM seed, MLM steps and recipe version, which its hashed folder
+    name hides (a FOXC1 LM and a SIX6 LM would otherwise look alike)."""
+    header = ("KIND", "TASK", "OPTIONS", "LM SEED", "STEPS", "RECIPE", "LM", "SIZE", "CREATED", "ENTRY")
+    rows = []
+    for e in entries:
+        lm = e.lm_details()
+        rows.append((e.kind, e.task, lm["options"], lm["lm_seed"], lm["steps"], lm["recipe"], e.lm, human_size(e.size),
+                     e.created if e.manifest else "? (no manifest: rebuilt on next use)", e.path.name))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in [header, *rows]]

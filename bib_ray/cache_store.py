@@ -15,6 +15,7 @@ lock someone holds would let a second process take a fresh one).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from filelock import FileLock
 
@@ -183,6 +184,29 @@ def _verified_load(entry: Path, kind: str, load: Callable[[Path], T]) -> Any:
         raise CorruptCacheEntry(entry, kind, f"unreadable ({type(err).__name__}: {first[:200]})") from None
 
 
+@contextlib.contextmanager
+def _wait_for_lock(entry: Path, kind: str) -> Iterator[FileLock]:
+    """Hold the entry's lock; when another process holds it (building the same LM, say), one line says
+    so before waiting, and one when the wait is over, so a second process is never silent."""
+    from filelock import Timeout
+
+    from bib_ray.progress import current
+
+    lock = FileLock(str(lock_path(entry)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        waited = time.monotonic()
+        current().event(f"waiting for another process building the {kind} cache entry {entry.name} "
+                        f"(lock {lock_path(entry)})")
+        lock.acquire()
+        current().event(f"lock on {entry.name} free after {time.monotonic() - waited:.0f} s")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def ensure_entry(entry: Path, kind: str, build: Callable[[Path], Any], load: Callable[[Path], T],
                  task: str, lm: str, extra: dict[str, Any] | None = None) -> T:
     """``load(entry)`` of a verified entry; a missing entry is built, a corrupt one is reported in
@@ -199,7 +223,7 @@ def ensure_entry(entry: Path, kind: str, build: Callable[[Path], Any], load: Cal
     except CorruptCacheEntry:
         pass
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_path(entry))):
+    with _wait_for_lock(entry, kind):
         try:
             value = _verified_load(entry, kind, load)
         except CorruptCacheEntry as problem:
@@ -232,6 +256,21 @@ class EntryInfo:
     size: int
     created: str
     manifest: dict | None
+
+    def lm_details(self) -> dict[str, str]:
+        """What a default LM was trained on and how: task options, LM seed, MLM steps, recipe version;
+        "?" where an older entry did not record it, "-" for entries that are not LMs."""
+        if self.kind != "lm":
+            return {"options": "-", "lm_seed": "-", "steps": "-", "recipe": "-"}
+        extra = (self.manifest or {}).get("extra") or {}
+        config = extra.get("config") or {}
+        options = extra.get("task_options")
+
+        def shown(value: Any) -> str:
+            return "?" if value is None else str(value)
+        return {"options": "?" if options is None else (",".join(f"{k}={v}" for k, v in options.items()) or "-"),
+                "lm_seed": shown(config.get("seed")), "steps": shown(config.get("steps")),
+                "recipe": shown(extra.get("recipe_version"))}
 
 
 def _entry_size(entry: Path) -> int:

@@ -14,6 +14,10 @@ from typing import Any, Sequence
 from bib_ray.errors import BibInputError
 
 EXIT_INPUT = 2
+PRETRAIN_FLOOR = 100
+"""Fewest MLM steps --pretrain-steps accepts: below it the default LM is close to its random start (0 is
+a random LM), and BIB's kernel then measures nothing about the sequences; a run file may go lower
+(tests do), but never to 0."""
 
 
 def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -34,9 +38,12 @@ def _add_run_spec_flags(p: argparse.ArgumentParser) -> None:
                    help="task option, repeatable: aav start=561 end=588 phenotype=packaging; csv path=FILE "
                         "alphabet=ACGT; ehrlich length=32 vocab=20")
     p.add_argument("--data", metavar="FILE", help="shorthand for --task-option path=FILE (csv/npy tasks)")
+    p.add_argument("--strict", action="store_true", help="csv/npy tasks: refuse (not just warn about) lowercase "
+                   "letters and letters rarer than 1%% of positions in the inferred alphabet")
     p.add_argument("--lm", help="hub id or local path of a masked LM (DNABERT, ProtBERT, ESM-2); "
                    "default: the small LM bib-ray pre-trains on the task and caches")
-    p.add_argument("--pretrain-steps", type=int, help="pre-training budget of the default LM (MLM steps)")
+    p.add_argument("--pretrain-steps", type=int, help=f"pre-training budget of the default LM (MLM steps, at least "
+                   f"{PRETRAIN_FLOOR}; default: 8000 for 8-letter sequences, fewer for longer ones)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
 
 
@@ -48,6 +55,8 @@ def _spec_from_args(args: argparse.Namespace):
     options = _task_options(args.task_option)
     if getattr(args, "data", None):
         options["path"] = args.data
+    if getattr(args, "strict", False):
+        options["strict"] = "true"
     if args.task:
         updates["task.name"] = args.task
         updates["task.options"] = options
@@ -56,6 +65,10 @@ def _spec_from_args(args: argparse.Namespace):
     if args.lm:
         updates["lm"] = args.lm
     if args.pretrain_steps is not None:
+        if args.pretrain_steps < PRETRAIN_FLOOR:
+            raise BibInputError("--pretrain-steps", f"lm_pretrain.steps = {args.pretrain_steps} is below the floor "
+                                f"of {PRETRAIN_FLOOR} MLM steps (the LM would stay close to random)",
+                                f"give at least {PRETRAIN_FLOOR}, or leave it out for the default budget")
         updates["lm_pretrain.steps"] = args.pretrain_steps
     if args.device:
         updates["device"] = args.device
@@ -68,8 +81,18 @@ def _spec_from_args(args: argparse.Namespace):
     _check_task(spec)
     from bib_ray.runner import validate_spec
 
-    validate_spec(spec)
+    _report_data(validate_spec(spec))
     return spec
+
+
+def _report_data(task) -> None:
+    """What the user should know about their own data before it is used: the alphabet read off the
+    file, and each warning the reader found (duplicates, lowercase or rare letters)."""
+    if getattr(task, "alphabet_inferred", False):
+        print(f"bib-ray: data: alphabet {task.alphabet} ({len(task.alphabet)} letters, inferred from "
+              f"{task.path}; give alphabet= to fix it)", file=sys.stderr, flush=True)
+    for warning in getattr(task, "warnings", ()):
+        print(f"bib-ray: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _check_task(spec) -> None:
@@ -84,12 +107,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bib_ray.runner import run_bib
 
     spec = _spec_from_args(args)
-    progress = not args.no_progress and sys.stderr.isatty()
-    result = run_bib(spec, progress=progress)
+    _check_output_free(args.output, args.force)
+    progress = not args.no_progress and sys.stderr.isatty()  # a bar on a terminal only
+    # Pre-training lines (ten) on a terminal or not: minutes of silence in a batch log look like a hang.
+    log_every = 0
+    if not args.no_progress and not spec.lm:
+        from bib_ray.workbench import build_task
+
+        log_every = max(1, (spec.lm_pretrain.resolved(build_task(spec.task).length).steps or 10) // 10)
+    result = run_bib(spec, progress=progress, pretrain_log_every=log_every)
     out = write_run_outputs(result, args.output)
     print(summary_table(result.metrics))
     print(f"wrote {out / 'result.json'} and {out / 'designs.csv'}")
     return 0
+
+
+def _check_output_free(output: str, force: bool) -> None:
+    """An output folder that already holds files is not overwritten unless --force says so: a re-run
+    with other settings would otherwise replace the last result without a word."""
+    from pathlib import Path
+
+    folder = Path(output).expanduser()
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise BibInputError("--output", f"{folder} already holds files ({shown})",
+                            "give another --output, or add --force to overwrite result.json and designs.csv")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -111,16 +154,47 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from bib_ray.distributed.search import search_command
+    from bib_ray.progress import current
 
-    return search_command(args.space, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
+    code = search_command(args.space, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
                           storage=args.storage, best_output=args.best_output, optuna_storage=args.optuna_storage)
+    current().line("search: " + current().summary("trials"))
+    return code
+
+
+def unmatched_overrides(plan, base) -> list[int]:
+    """Indexes of the plan's overrides that match none of its cells (a typo in a match value, say)."""
+    import itertools
+
+    from bib_ray.distributed.space import lm_seed_list
+
+    tasks = [t.name for t in plan.tasks] or [base.task.name]
+    variants = list(plan.variants) + (["grad"] if plan.baseline and "grad" not in plan.variants else [])
+    cells = [dict(zip(("task", "variant", "adaptive_eta", "lm_seed", "seed"), combo)) for combo in itertools.product(
+        tasks, variants, plan.adaptive_eta, lm_seed_list(plan.lm_seeds, base), plan.seeds)]
+    return [i for i, override in enumerate(plan.overrides)
+            if not any(all(cell[k] == v for k, v in override.match.items()) for cell in cells)]
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from bib_ray.distributed.ablation import ablate_command
+    from bib_ray.distributed.plan import load_plan
+    from bib_ray.progress import current
 
-    return ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
+    plan, base = load_plan(args.plan)
+    from bib_ray.workbench import build_task
+
+    for i in unmatched_overrides(plan, base):
+        match = ", ".join(f"{k}={v}" for k, v in plan.overrides[i].match.items())
+        print(f"bib-ray: warning: overrides[{i}] (match {match}) matches no cell of {args.plan}; its settings "
+              "are not used", file=sys.stderr, flush=True)
+    for task_spec in plan.tasks or [base.task]:
+        if task_spec.name in ("csv", "npy"):  # the user's own data: its alphabet and warnings, as for run
+            _report_data(build_task(task_spec))
+    code = ablate_command(args.plan, tracking_uri=args.tracking_uri, address=args.address, resume=args.resume,
                           force=args.force, storage=args.storage, output=args.output)
+    current().line("ablation: " + current().summary("cells"))
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -201,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="design steps (default: 100 for DNA, 25 for protein)")
     run.add_argument("--designs", type=int, help="number of designs M (default 128)")
     run.add_argument("--lr", type=float, help="design learning rate (default 0.1)")
-    run.add_argument("--output", default="bib_ray_output", metavar="DIR", help="folder for result.json, designs.csv")
+    run.add_argument("--output", default="bib_ray_output", metavar="DIR",
+                     help="folder for result.json and designs.csv (default: %(default)s in the working folder)")
+    run.add_argument("--force", action="store_true", help="overwrite an --output folder that already holds files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -287,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MLflow's client writes "View run ... / View experiment at ..." to stdout each time a run on a
+    # server ends (two lines per trial); bib-ray prints its own runs-table address once instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    from bib_ray.progress import install
+
+    install()  # this command's progress lines: elapsed times count from here
     if args.command in ("search", "ablate", "bench") and not getattr(args, "address", None) \
             and "ray" not in sys.modules:  # a Ray of our own, and Ray not yet imported (it reads the mode once)
         from bib_ray.distributed.tune_job import ask_token_auth_for_local_ray

@@ -17,6 +17,7 @@ import torch
 
 from bib_ray.core.engine import BIBEngine, StepRecord
 from bib_ray.criteria import OfflineCriteria, split_offline
+from bib_ray.errors import BibInputError
 from bib_ray.spec import RunSpec
 from bib_ray.tasks import Task
 from bib_ray.workbench import Workbench, get_workbench
@@ -92,13 +93,15 @@ def build_engine(spec: RunSpec, bench: Workbench) -> tuple[BIBEngine, torch.Tens
 def provenance(spec: RunSpec, bench: Workbench) -> dict[str, Any]:
     """What a reader needs to know which LM and which code produced a result: the LM's weights
     fingerprint (a hash of the loaded tensors), its pre-training seed (None for an LM given by id or
-    path), the versions of torch and transformers that ran it, and the CPU and the kernel path torch
+    path), the task's alphabet (inferred from user data unless given: the letters designs are made
+    of), the versions of torch and transformers that ran it, and the CPU and the kernel path torch
     dispatched (``torch.backends.cpu.get_cpu_capability()``): digits differ across kernel paths, so a table
     says which one made it."""
     import transformers
 
     return {"lm_fingerprint": bench.proxy.fingerprint(), "lm_seed": None if spec.lm else spec.lm_pretrain.seed,
-            "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+            "alphabet": bench.task.alphabet, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model()}
 
 
@@ -117,21 +120,28 @@ def cpu_model() -> str:
 
 def validate_spec(spec: RunSpec) -> Task:
     """Checks that need the task, done before any LM is loaded or trained: returns the task."""
-    from bib_ray.proxy.lm_proxy import check_model_source, resolve_device
+    from bib_ray.proxy.lm_proxy import check_model_source, hub_load_options, resolve_device
     from bib_ray.workbench import build_task
 
+    if not spec.lm and spec.lm_pretrain.steps == 0:
+        raise BibInputError("lm_pretrain.steps", "0 MLM steps would leave the default LM random (and cache it)",
+                            "give at least 100 steps, or leave it out for the default budget")
     task = build_task(spec.task)
     task.top_offline(spec.engine.designs)  # M must not exceed the offline set
     split_offline(len(task.offline_y), spec.criteria)  # both parts of the criteria's split keep enough points
     resolve_device(spec.device)
     if spec.lm:
-        check_model_source(spec.lm)
+        hub_load_options(check_model_source(spec.lm))  # a hub id without network fails here, in one line
     return task
 
 
 def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False,
-            bench: Workbench | None = None, criteria_at: Callable[[int], bool] | None = None) -> RunResult:
+            bench: Workbench | None = None, criteria_at: Callable[[int], bool] | None = None,
+            pretrain_log_every: int | None = None) -> RunResult:
     """Run BIB as ``spec`` says; call ``on_step`` with each step's metrics; return the result.
+
+    ``progress`` shows a bar over the design steps; a default LM pre-trained on the way prints a line
+    every ``pretrain_log_every`` MLM steps (None: 250 with ``progress``, else none).
 
     The offline criteria are computed at the last step and at every step ``criteria_at(step)`` (1-based)
     accepts; None: at every step. (The pairwise models and the nearest-offline distance cost a few
@@ -139,7 +149,9 @@ def run_bib(spec: RunSpec, on_step: OnStep | None = None, progress: bool = False
     t0 = time.perf_counter()
     if bench is None:
         validate_spec(spec)
-    bench = bench or get_workbench(spec, log_every=250 if progress else 0)
+    if pretrain_log_every is None:
+        pretrain_log_every = 250 if progress else 0
+    bench = bench or get_workbench(spec, log_every=pretrain_log_every)
     task = bench.task
     torch.manual_seed(spec.engine.seed)
     engine, start = build_engine(spec, bench)

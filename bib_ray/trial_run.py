@@ -101,8 +101,8 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
     means = {key: float(np.mean([f[key] for f in finals])) for key in finals[0] if all(key in f for f in finals)}
     means.update({f"{key}_std": float(np.std([f[key] for f in finals])) for key in SPREAD_METRICS if key in means})
     provenance = {"lm_fingerprint": ",".join(fingerprints),
-                  **{key: str(last.metrics[key]) for key in ("torch_version", "transformers_version", "cpu_capability",
-                                                             "cpu_model")}}
+                  **{key: str(last.metrics[key]) for key in ("alphabet", "torch_version", "transformers_version",
+                                                             "cpu_capability", "cpu_model")}}
     timing = TrialTiming(started_at=started_at, ended_at=time.time(), setup_seconds=setup_seconds,
                          design_seconds=design_seconds, run_seconds=run_seconds,
                          trial_seconds=time.perf_counter() - started)

@@ -139,11 +139,8 @@ def test_vectorised_correlations_equal_scipy_on_resamples_with_ties():
 
 def test_parent_metrics_csv_and_plots_are_logged(searches):
     client, parent, report = searches["client"], searches["parent"], searches["report"]
-    metrics = client.get_run(parent).data.metrics
-    for entry in report.table:
-        for stat in ("spearman_median", "spearman_max", "kendall_median", "regret_top1"):
-            key = f"agreement.{entry['criterion']}.{stat}"
-            assert metrics[key] == pytest.approx(entry[stat], abs=1e-12), key
+    # the table is an artifact, not metrics: the parent's chart view stays on the headline metrics
+    assert not [k for k in client.get_run(parent).data.metrics if k.startswith("agreement")]
     parsed = list(csv.DictReader(io.StringIO(report.csv_path.read_text())))
     assert [row["criterion"] for row in parsed] == list(CRITERIA_NAMES)
     assert report.csv_path.read_text() == to_csv(report.table)

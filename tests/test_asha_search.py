@@ -15,6 +15,7 @@ import yaml
 
 from bib_ray.distributed.search import run_search, trial_plan
 from bib_ray.distributed.space import parse_search_space
+from bib_ray.progress import ProgressReporter, install
 from bib_ray.trial_records import final_of
 from bib_ray.spec import load_run_spec
 from bib_ray.tracking.store import Store
@@ -23,6 +24,7 @@ from helpers import TINY_BASE, ray_session_with_cache
 
 SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces" / "bib_default.yaml"
 STEPS = 10
+REPORTER: dict[str, ProgressReporter] = {}
 
 
 def asha_space(name: str, trials: int = 8) -> dict:
@@ -42,6 +44,7 @@ def asha_run(tmp_path_factory):
     with ray_session_with_cache(tmp_path_factory.mktemp("asha")) as root:
         space = parse_search_space(asha_space("asha_search"), "space")
         uri = f"sqlite:///{root}/mlruns.db"
+        REPORTER["search"] = install()  # what the CLI does: the progress lines count how trials ended
         outcome = run_search(space, uri, storage=str(root / "runs"), best_output=root / "best.yaml")
         yield space, uri, outcome, root
 
@@ -64,6 +67,8 @@ def test_asha_stops_some_trials(asha_run):
     for result in stopped:
         assert result.metrics["step"] < STEPS  # cut before the end, at a rung
         assert result.metrics["step"] in (2, 4, 8)
+    counts = REPORTER["search"].counts
+    assert counts == {"finished": len(complete), "stopped early": len(stopped), "failed": 0}, counts
 
 
 def test_stopped_trials_are_finished_children_with_steps_once(asha_run):

@@ -119,6 +119,7 @@ def test_no_oracle_metric_is_logged(no_oracle):
     _, _, children = _search_runs(no_oracle)
     for child in children:
         assert "offline_proxy_mean" in child.data.metrics and "proxy_max" in child.data.metrics
+        assert child.data.params["task.alphabet"] == "ACGT"  # inferred from the CSV, recorded per run
         assert not [k for k in child.data.metrics if k.startswith("normalized_")]
 
 

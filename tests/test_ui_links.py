@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bib_ray.tracking.ui_links import runs_table_url, ui_hint
+from bib_ray.tracking.ui_links import free_port, runs_table_url, ui_hint
 
 
 def fragment_parts(url: str) -> tuple[str, str, dict[str, list[str]]]:
@@ -46,12 +46,30 @@ def test_server_url_is_on_the_server(uri):
 
 def test_local_hint_is_the_ui_command_then_the_url():
     uri = "sqlite:////tmp/my store/mlruns.db"
+    port = free_port()
     lines = ui_hint(uri, "2").splitlines()
     assert len(lines) == 2
     command = shlex.split(lines[0].split(": ", 1)[1])
-    assert command == ["mlflow", "ui", "--backend-store-uri", uri, "--port", "5000"]
-    assert lines[1].endswith(runs_table_url(uri, "2"))
-    assert "http://127.0.0.1:5000/" in lines[1]
+    assert command == ["mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
+    assert lines[1].endswith(runs_table_url(uri, "2", ui_address=f"http://127.0.0.1:{port}"))
+    assert f"http://127.0.0.1:{port}/" in lines[1]
+
+
+def test_local_hint_never_names_a_port_in_use():
+    """A socket listening on the port the hint would name (5000, or the first free one from there):
+    the hint moves on to a port that is free, and says it in the command and the address alike."""
+    import socket
+
+    taken = free_port()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", taken))
+        server.listen()
+        hint = ui_hint("sqlite:///mlruns.db", "4")
+        port = int(hint.split("--port ")[1].split()[0])
+        assert port != taken and port > taken
+        assert f"http://127.0.0.1:{port}/#/experiments/4/runs?" in hint
+        with socket.socket() as probe:  # the named port really is free
+            probe.bind(("127.0.0.1", port))
 
 
 def test_server_hint_is_one_line_with_the_server_url():

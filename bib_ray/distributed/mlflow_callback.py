@@ -97,7 +97,8 @@ class MLflowTrialCallback(Callback):
     _active: dict[str, "MLflowTrialCallback"] = {}  # parent run id -> the callback Tune set up last
 
     def __init__(self, tracking_uri: str, experiment: str, parent_id: str, tags: dict[str, Any],
-                 plan: TrialPlan) -> None:
+                 plan: TrialPlan, total: int | None = None) -> None:
+        self.total = total  # cells or trials the job runs: the N of each progress line's k/N
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_id = parent_id
@@ -107,6 +108,7 @@ class MLflowTrialCallback(Callback):
         self.last_step: dict[str, int] = {}  # trial id -> last step logged by this process (writer thread only)
         self.finished: set[str] = set()
         self.failed: set[str] = set()
+        self.stopped: set[str] = set()  # ended by the scheduler (ASHA) before their last step
         self.tagged_node: set[str] = set()
         self.store: Store | None = None  # opened by setup()
         self.writer: StoreWriter | None = None
@@ -127,13 +129,15 @@ class MLflowTrialCallback(Callback):
         """The book-keeping Tune saves with each experiment checkpoint: which run is whose, and which
         trials ended (copies: the writer thread may be adding). The last step logged is not kept: a
         checkpoint can lag the store, so a resumed trial reads it from MLflow."""
-        return {"runs": dict(self.runs), "finished": set(self.finished), "failed": set(self.failed)}
+        return {"runs": dict(self.runs), "finished": set(self.finished), "failed": set(self.failed),
+                "stopped": set(self.stopped)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Tune hands back the saved book-keeping on ``Tuner.restore``."""
         self.runs.update(state.get("runs", {}))
         self.finished |= set(state.get("finished", ()))
         self.failed |= set(state.get("failed", ()))
+        self.stopped |= set(state.get("stopped", ()))
 
     @classmethod
     def active(cls, parent_id: str) -> "MLflowTrialCallback | None":
@@ -237,12 +241,22 @@ class MLflowTrialCallback(Callback):
         if record.failed:
             self.failed.add(trial.trial_id)
             self.writer.submit(lambda: self._close_failed(trial, record.failed_reason))
+            self._report(trial, "failed")
             return
         self.finished.add(trial.trial_id)
         self.writer.submit(lambda: self._close_finished(trial, record))
         shown = {k: record.metrics[k] for k in HEADLINE_METRICS[:2] + ("offline_proxy_mean",) if k in record.metrics}
-        print(f"[bib-ray] trial {trial.trial_id} finished: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
-              flush=True)
+        self._report(trial, "finished", shown)
+
+    def _report(self, trial, outcome: str, metrics: dict[str, float] | None = None) -> None:
+        """One progress line through the reporter the CLI installed (bib_ray.progress): the cell's name
+        (or the trial's id), k/N over every trial that ended, elapsed and estimated time left."""
+        from bib_ray.progress import current
+
+        cell = CellConfig.from_config(trial.config)
+        name = cell.name if cell else f"trial {trial.trial_id}"
+        ended = len(self.finished) + len(self.failed)  # stopped trials are in finished too
+        current().ended(name, outcome, ended, self.total, metrics)
 
     def _close_failed(self, trial, reason: str) -> None:
         run_id = self._run_for(trial)
@@ -264,6 +278,8 @@ class MLflowTrialCallback(Callback):
             self.store.log_metrics(run_id, final, step)
         self.store.set_tags(run_id, {"lm_loads_in_worker": record.worker.lm_loads, "worker_pid": record.worker.pid,
                                      "node": record.worker.node, **record.provenance})
+        if "alphabet" in record.provenance:  # the letters designs are made of (inferred for user data)
+            self.store.log_params(run_id, {"task.alphabet": record.provenance["alphabet"]})
         if record.designs:
             self.store.log_text(run_id, designs_csv(record.designs), "designs.csv")
         self.store.set_status(run_id, "FINISHED")
@@ -272,6 +288,8 @@ class MLflowTrialCallback(Callback):
         self._queue_pending(trial)
         if trial.trial_id not in self.finished and trial.trial_id not in self.failed:
             self.finished.add(trial.trial_id)
+            self.stopped.add(trial.trial_id)
+            self._report(trial, "stopped early")
 
             def close_stopped() -> None:
                 run_id = self._run_for(trial)
@@ -290,6 +308,7 @@ class MLflowTrialCallback(Callback):
             pass
         self.failed.add(trial.trial_id)
         self.writer.submit(lambda: self._close_failed(trial, reason))
+        self._report(trial, "failed")
 
     def on_experiment_end(self, trials: list, **info) -> None:
         # Wait for the writes, but raise a failed one in the driver (its flush), not inside Tune.

@@ -175,6 +175,16 @@ class AblationPlan(BaseModel):
                 raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         return value
 
+    @field_validator("variants", "adaptive_eta", "seeds")
+    @classmethod
+    def _no_repeats(cls, value: list) -> list:
+        """A value listed twice would run the same cells twice and report them as one (n = 1)."""
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once; list each once "
+                             "(replicates come from seeds and lm_seeds)")
+        return value
+
     @field_validator("lm_seeds")
     @classmethod
     def _lm_seeds(cls, value: list[int] | None) -> list[int] | None:

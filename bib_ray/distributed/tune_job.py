@@ -74,6 +74,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from bib_ray.progress import current
+
+    current().event(f"starting Ray ({'connecting to ' + address if address else 'a local Ray on this machine'}; "
+                    "this can take a minute on a busy machine)")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     try:
@@ -91,6 +95,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BibInputError("address", f"cannot connect to Ray at {address!r}: {first}",
                             "start the cluster (ray up / ray start --head) or omit --address") from None
+    current().event("Ray is up")
 
 
 def open_store_while_ray_starts(tracking_uri: str, experiment: str, address: str | None) -> Store:
@@ -216,7 +221,8 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
     tags = {"bib_ray.kind": job.kind, "bib_ray.name": job.name, **job.parent_tags}
 
     def new_callback() -> MLflowTrialCallback:
-        return MLflowTrialCallback(job.store.uri, job.store.experiment, parent_id, tags, job.plan)
+        return MLflowTrialCallback(job.store.uri, job.store.experiment, parent_id, tags, job.plan,
+                                   total=job.expected_trials or job.num_samples)
 
     trainable = tune.with_resources(tune.with_parameters(bib_trainable, plan=job.plan), job.resources)
     if resume:

@@ -18,6 +18,9 @@ import torch
 from bib_ray.core.relaxation import RelaxedDesigns, soft_kmers
 from bib_ray.errors import BibInputError
 from bib_ray.proxy.tokens import TokenMap, build_token_map
+from bib_ray.proxy.vocab_guard import check_vocabulary
+
+HUB_PROBE_SECONDS = 3.0
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -48,6 +51,51 @@ def check_model_source(source: str) -> str:
     return source
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hugging Face endpoint ($HF_ENDPOINT, else huggingface.co) accepts a TCP connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_load_options(source: str) -> dict:
+    """How to load ``source`` without a minute of retries when there is no network.
+
+    A local folder needs nothing. A hub id in the local Hugging Face cache is loaded from it alone
+    (``local_files_only``) when offline mode is on ($HF_HUB_OFFLINE) or the hub is unreachable
+    (one TCP connect, a few seconds at most); a hub id that is not cached is then a one-line error,
+    where Hugging Face's client would retry for about 49 s first.
+    """
+    if Path(source).expanduser().is_dir():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except ValueError:  # not a valid repo id: let from_pretrained word the error
+        return {}
+    offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    if not offline and _hub_reachable():
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face hub cannot be reached (no network)"
+    raise BibInputError("lm", f"{source!r} is not in the local Hugging Face cache and {why}",
+                        "download it where there is network (huggingface-cli download ID) and copy the cache "
+                        "or the folder here, give a local folder, or leave --lm out for the default LM")
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -65,6 +113,7 @@ class LMProxy:
         self.device = torch.device(device)
         self.model = model.base_model.to(self.device).eval()  # the encoder; an MLM head is not needed
         self.model.requires_grad_(False)
+        check_vocabulary(tokenizer, alphabet, name)
         self.tokens: TokenMap = build_token_map(tokenizer, alphabet, name)
         table = self.model.get_input_embeddings().weight.detach()
         ids = torch.tensor(self.tokens.token_ids, device=self.device)
@@ -80,12 +129,13 @@ class LMProxy:
 
         _quiet_transformers()
         source = check_model_source(source)
+        options = hub_load_options(source)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
             try:
-                model = AutoModel.from_pretrained(source, add_pooling_layer=False)  # phi needs no pooler
+                model = AutoModel.from_pretrained(source, add_pooling_layer=False, **options)  # no pooler
             except TypeError:
-                model = AutoModel.from_pretrained(source)
+                model = AutoModel.from_pretrained(source, **options)
         except OSError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BibInputError("lm", f"cannot load {source!r}: {first}",

@@ -164,8 +164,13 @@ def _pretrain(sequences: torch.Tensor, alphabet: str, config: SmallLMConfig, out
         scheduler.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"pretrain {label}{' ' if label else ''}step {step + 1}/{config.steps} mlm_loss={sum(losses[-log_every:]) / log_every:.4f}",
-                  flush=True)
+            from bib_ray.progress import duration
+
+            spent = time.perf_counter() - started
+            left = spent / (step + 1) * (config.steps - step - 1)
+            print(f"[bib-ray] pre-training {label}{' ' if label else ''}step {step + 1}/{config.steps} "
+                  f"mlm_loss={sum(losses[-log_every:]) / log_every:.4f} (elapsed {duration(spent)}, "
+                  f"about {duration(left)} left)", flush=True)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -197,5 +202,8 @@ def ensure_default_lm(task, config: SmallLMConfig, log_every: int = 0) -> Path:
         pretrain_small_lm(torch.tensor(np.asarray(task.offline_x), dtype=torch.long), task.alphabet, config,
                           out_dir, log_every=log_every, label=f"{task.name} LM seed {config.seed}")
 
-    return ensure_entry(path, "lm", pretrain, lambda p: p, task=task.name, lm=path.name,
-                        extra={"config": config.model_dump()})
+    # What `bib-ray cache list` shows of the LM: the task's options (TF table, window), the LM seed and
+    # steps (in the config) and the recipe version, since the folder name is a hash of them.
+    extra = {"config": config.model_dump(), "recipe_version": RECIPE_VERSION,
+             "task_options": {k: str(v) for k, v in getattr(task, "made_with", {}).items()}}
+    return ensure_entry(path, "lm", pretrain, lambda p: p, task=task.name, lm=path.name, extra=extra)

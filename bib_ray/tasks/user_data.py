@@ -15,12 +15,27 @@ Accepted files (the extension decides the format):
 Files are read without pickle, so object arrays are refused (save strings as ``dtype=str``).
 All sequences must have one length. Letters are used as written (case matters); the alphabet is
 either given or the sorted set of letters seen. ``y_min`` / ``y_max`` are the offline min / max.
+
+A CSV must be UTF-8 text (a BOM is allowed); a file in another encoding (Latin-1, say) or a binary
+file is refused in one line, since guessing an encoding would silently change letters.
+
+What the reader warns about (:attr:`UserDataTask.warnings`; the CLI prints them), or refuses with
+``strict=true``, when the alphabet is inferred: lowercase letters (``a`` and ``A`` would be two
+letters, so ``CaaaNaaa`` designs appear) and letters seen at fewer than 1% of positions (an ``N`` or
+``X`` of one row becomes a letter BIB designs with).
+
+Duplicate sequences are kept once, with the mean of their scores, and a warning when the scores
+differ. Why average rather than refuse: in assay data a sequence measured twice is usually a
+replicate measurement, whose mean is the better estimate of its score; keeping both rows would give
+the forward ridge fit two contradicting targets at one input and weight that sequence twice.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +45,27 @@ from bib_ray.tasks.base import Task, validate_offline
 
 CSV_EXTENSIONS = (".csv",)
 NUMPY_EXTENSIONS = (".npz", ".npy")
+RARE_LETTER_SHARE = 0.01  # a letter at fewer than 1% of all positions is reported (an N, an X, a typo)
+
+
+def _csv_text(path: Path) -> str:
+    """The file as text, or one input error saying it is binary or not UTF-8 (never a guessed encoding)."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise BibInputError("path", f"{path} is a binary file, not CSV text",
+                            "give a UTF-8 CSV with a header line (sequence,score), or a .npz/.npy file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise BibInputError("path", f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                            f"{err.start}; Latin-1 or another encoding?)",
+                            "save it as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv") from None
 
 
 def _read_csv(path: Path, sequence_column: str, score_column: str) -> tuple[list[str], list[float]]:
     """Sequences and scores from a CSV with a header; every problem names the file, row and column."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    text = _csv_text(path)
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in row)]
     if not rows:
         raise BibInputError("path", f"{path} is empty", "give a CSV with a header line and one row per sequence")
     header = [cell.strip() for cell in rows[0]]
@@ -118,14 +148,52 @@ def _read_numpy(path: Path, sequence_column: str, score_column: str) -> tuple[li
     return [s.strip() for s in decoded], values.tolist()
 
 
+def merge_duplicates(sequences: list[str], scores: list[float]) -> tuple[list[str], list[float], str | None]:
+    """Each sequence once (first-seen order) with the mean of its scores, and a warning naming how many
+    sequences repeat with different scores (None when none does). Why the mean: see the module text."""
+    groups: dict[str, list[float]] = {}
+    for seq, score in zip(sequences, scores):
+        groups.setdefault(seq, []).append(score)
+    if len(groups) == len(sequences):
+        return sequences, scores, None
+    conflicting = [seq for seq, values in groups.items() if len(set(values)) > 1]
+    warning = None
+    if conflicting:
+        example = conflicting[0]
+        warning = (f"{len(conflicting)} sequences appear more than once with different scores (e.g. {example} "
+                   f"scored {', '.join(f'{v:g}' for v in groups[example][:4])}); each is used once with the "
+                   "mean of its scores, as replicate measurements")
+    return list(groups), [float(np.mean(values)) for values in groups.values()], warning
+
+
+def alphabet_problems(sequences: list[str], alphabet: str) -> list[str]:
+    """What looks wrong in an inferred alphabet: lowercase letters, letters rarer than 1% of positions."""
+    counts = Counter("".join(sequences))
+    total = sum(counts.values())
+    problems = []
+    lower = [letter for letter in alphabet if letter.islower()]
+    if lower:
+        problems.append(f"lowercase letters {''.join(lower)!r} in the alphabet {alphabet!r} (case matters: "
+                        "'a' and 'A' are two letters)")
+    rare = [letter for letter in alphabet if counts[letter] < RARE_LETTER_SHARE * total]
+    if rare:
+        shown = ", ".join(f"{letter!r} at {counts[letter]} of {total} positions" for letter in rare)
+        problems.append(f"letters rarer than {RARE_LETTER_SHARE:.0%} of positions in the alphabet {alphabet!r}: "
+                        f"{shown} (an N or X placeholder?)")
+    return problems
+
+
 class UserDataTask(Task):
     """Offline data from a user's file; ``has_oracle`` is False, so designs cannot be scored exactly.
 
     ``name`` is the registry name of the format (``"csv"``, or ``"npy"`` for ``.npz``/``.npy``).
+    ``warnings`` holds one line per doubtful thing in the data (the CLI prints them); with ``strict``
+    an alphabet problem is an input error instead. ``alphabet_inferred`` says whether the alphabet was
+    read off the data.
     """
 
     def __init__(self, path: str | Path, alphabet: str | None = None, sequence_column: str = "sequence",
-                 score_column: str = "score") -> None:
+                 score_column: str = "score", strict: bool = False) -> None:
         """Read, check and encode the file so every later step can trust the data."""
         path = Path(path).expanduser()
         if not path.is_file():
@@ -153,8 +221,16 @@ class UserDataTask(Task):
             raise BibInputError(sequence_column, f"sequences in {path} have unequal lengths ({sorted(lengths)}); "
                                 f"sequence {row} has length {len(sequences[row])}, sequence 0 has {first}",
                                 "give sequences of one length (pad or trim them)")
+        sequences, scores, duplicates = merge_duplicates(sequences, scores)
+        self.warnings: list[str] = [duplicates] if duplicates else []
+        self.alphabet_inferred = alphabet is None
         if alphabet is None:
             alphabet = "".join(sorted(set("".join(sequences))))
+            problems = alphabet_problems(sequences, alphabet)
+            if problems and strict:
+                raise BibInputError("alphabet", f"{path}: {problems[0]}",
+                                    "fix the data, or state the letters with alphabet= to accept them")
+            self.warnings += [f"{path}: {problem}" for problem in problems]
         elif not alphabet or len(set(alphabet)) != len(alphabet):
             raise BibInputError("alphabet", f"alphabet {alphabet!r} is empty or repeats a letter",
                                 "give each letter once, e.g. ACGT")

@@ -40,7 +40,6 @@ BOOTSTRAP_SEED = 0
 PARENT_KINDS = ("ablation", "search")
 FIND_FIX = "give a search or ablation parent run id or name; list them in the MLflow UI"
 STATS = ("spearman_median", "spearman_max", "kendall_median", "kendall_max")
-LOGGED = ("spearman_median", "spearman_max", "kendall_median", "regret_top1")
 
 
 # --- finding the parent ----------------------------------------------------------------------------
@@ -167,17 +166,6 @@ def agreement_table(rows: list[dict[str, Any]], criteria: Iterable[str] | None =
     return [agreement_row(task, name, by_task[task], samples, seed) for task in sorted(by_task) for name in names]
 
 
-def parent_metrics(table: list[dict[str, Any]]) -> dict[str, float]:
-    """``agreement.<criterion>.<stat>`` (one task), or ``agreement.<task>.<criterion>.<stat>`` (several)."""
-    several = len({e["task"] for e in table}) > 1
-    out: dict[str, float] = {}
-    for entry in table:
-        prefix = f"agreement.{entry['task']}.{entry['criterion']}" if several else f"agreement.{entry['criterion']}"
-        for stat in LOGGED + ("regret_top3",):
-            out[f"{prefix}.{stat}"] = entry[stat]
-    return out
-
-
 # --- text ----------------------------------------------------------------------------------------------
 def _num(value: float, digits: int = 2) -> str:
     return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
@@ -234,7 +222,11 @@ class AgreementReport:
 
 def build_agreement(client, parent, out_dir: str | Path, samples: int = BOOTSTRAP_SAMPLES) -> AgreementReport:
     """Compute the agreement table of a search or ablation parent, write agreement.csv/.md and agreement.png
-    (one scatter panel per task and criterion), log them under ``report/`` of the parent with the ``agreement.*`` metrics.
+    (one scatter panel per task and criterion), and log them under ``report/`` of the parent.
+
+    Why a table artifact and no ``agreement.*`` metrics: MLflow's UI sorts metrics by name, so the
+    40-odd agreement numbers of a parent came first in the chart view and the Columns list, as
+    single-bar charts, ahead of every trial's headline metrics; the table holds the same numbers.
 
     One-line input errors: no trial ran to the end; no task of the trials has an oracle.
     """
@@ -267,19 +259,9 @@ def build_agreement(client, parent, out_dir: str | Path, samples: int = BOOTSTRA
                            "y": [r["metrics"][ORACLE_MEDIAN] for r in usable],
                            "spearman": stats[(task, criterion.name)]["spearman_median"]})
     report.plots.append(plot_agreement(panels, out / "agreement.png"))
-    retrying(lambda: client.log_batch(parent_id, metrics=_metric_batch(parent_metrics(table))))
     for path in [report.csv_path, report.md_path] + report.plots:
         retrying(lambda path=path: client.log_artifact(parent_id, str(path), REPORT_DIR))
     return report
-
-
-def _metric_batch(metrics: dict[str, float]) -> list:
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
 
 
 def print_agreement(client, parent, out_dir: str | Path, uri: str) -> AgreementReport:
@@ -295,5 +277,5 @@ def print_agreement(client, parent, out_dir: str | Path, uri: str) -> AgreementR
     if report.no_oracle:
         print(f"no oracle, not in the table: {', '.join(report.no_oracle)}")
     print(f"wrote agreement.csv, agreement.md and agreement.png (one scatter per criterion) to {report.csv_path.parent}; "
-          f"logged under {REPORT_DIR}/ and as agreement.* metrics of parent run {report.parent_id} at {uri}")
+          f"logged under {REPORT_DIR}/ of parent run {report.parent_id} at {uri}")
     return report

@@ -15,15 +15,21 @@ slow test tests/test_mlflow_ui_browser.py keeps checking it):
 The UI routes inside the URL fragment, so the query string sits after the ``#``. A tracking URI
 that is itself an MLflow server serves the UI too; a local store (SQLite, a folder) needs
 ``mlflow ui`` started on it, which listens on 127.0.0.1:5000 by default.
+
+The hint for a local store names a port that is free on this machine now (the first from 5000 up that
+a socket can bind on 127.0.0.1): on a shared machine 5000 is often some other user's ``mlflow ui``,
+and the printed address would then open their store, not this one.
 """
 
 from __future__ import annotations
 
 import shlex
+import socket
 from urllib.parse import urlencode
 
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"
 DEFAULT_UI_PORT = 5000
+PORT_TRIES = 100
 RUNS_TAB = "runs"
 RUNS_TABLE_QUERY = {"workflowType": "machine_learning",  # the model-training view, not GenAI
                     "orderByKey": "tags.`mlflow.runName`",  # any sort but creation time: children unfolded
@@ -52,10 +58,25 @@ def ui_command(tracking_uri: str, port: int = DEFAULT_UI_PORT) -> str:
     return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port {port}"
 
 
+def free_port(start: int = DEFAULT_UI_PORT, host: str = "127.0.0.1", tries: int = PORT_TRIES) -> int:
+    """The first port from ``start`` up that a socket can bind on ``host`` now (one that serves, or is
+    held, cannot be bound); ``start`` itself when none of ``tries`` ports is free."""
+    for port in range(start, start + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return start
+
+
 def ui_hint(tracking_uri: str, experiment_id: str) -> str:
     """What the CLI prints after a search or ablation so the user can open its runs: for a local
-    store, the ``mlflow ui`` command and then the runs-table address; for a server, the address."""
-    url = runs_table_url(tracking_uri, experiment_id)
+    store, the ``mlflow ui`` command on a port free now and then the runs-table address on it; for a
+    server, the address."""
     if is_server_uri(tracking_uri):
-        return f"MLflow runs table: {url}"
-    return f"browse the runs: {ui_command(tracking_uri)}\nthen open: {url}"
+        return f"MLflow runs table: {runs_table_url(tracking_uri, experiment_id)}"
+    port = free_port()
+    url = runs_table_url(tracking_uri, experiment_id, ui_address=f"http://127.0.0.1:{port}")
+    return f"browse the runs: {ui_command(tracking_uri, port)}\nthen open: {url}"
