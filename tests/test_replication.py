@@ -42,6 +42,18 @@ def test_bad_replication_and_primary_metric_are_one_line_errors_before_anything_
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "cache").exists()  # nothing started
 
 
+def test_more_designs_than_a_csv_offline_set_is_refused_before_ray(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("sequence,score\n" + "".join(f"{a}{b}{c}A,{i}\n" for i, (a, b, c) in
+                                                 enumerate((a, b, c) for a in "ACGT" for b in "ACGT" for c in "AC")))
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({**PLAN, "base": {**TINY_BASE, "task": {"name": "csv", "options": {
+        "path": str(data)}}, "engine": {**TINY_BASE["engine"], "designs": 64}}, "primary_metric": "proxy_median"}))
+    proc = run_cli(["ablate", str(plan_file)], cwd=tmp_path, env={"BIB_RAY_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(proc, "designs", "64")
+    assert not (tmp_path / "mlruns.db").exists()
+
+
 def test_replication_requires_the_default_lm_in_code():
     plan = parse_plan({**PLAN, "replication": {"target_half_width": 0.1}, "base": {**TINY_BASE, "lm": "x/y"}}, "p")
     from bib_ray.distributed.plan import expand_cells

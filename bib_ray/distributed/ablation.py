@@ -130,9 +130,10 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
     ask for, in the same command), then build the report."""
     cells = expand_cells(plan, base)
     tasks = {}
-    for cell in {(c.spec.task.key(), c.spec.criteria): c for c in cells}.values():
-        task = build_task(cell.spec.task)  # a bad task or option fails here, before Ray or MLflow start
+    for cell in {(c.spec.task.key(), c.spec.criteria, c.spec.engine.designs): c for c in cells}.values():
+        task = tasks.get(cell.spec.task.key()) or build_task(cell.spec.task)  # a bad task fails here, before Ray
         split_offline(len(task.offline_y), cell.spec.criteria)
+        task.top_offline(cell.spec.engine.designs)  # M must not exceed the offline set (a user's small CSV)
         tasks[cell.spec.task.key()] = task
     check_primary_metric(plan, list(tasks.values()))
     store = Store(tracking_uri, plan.name)
