@@ -15,8 +15,10 @@ from pathlib import Path
 import yaml
 
 from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, lm_seed_list, load_plan
-from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
+from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, close_open_runs, execute, init_ray,
+                                         resume_line, storage_root)
 from bib_ray.errors import BibInputError
+from bib_ray.redact import mask_secrets
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.report import build_report, is_ablation_parent
 from bib_ray.tracking.store import Store, resolve_tracking_uri
@@ -91,7 +93,11 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
             return AblationOutcome(parent_id, cells, skipped, job_outcome, None, store.experiment_id)
     if parent_id is None:
         raise BibInputError("plan", "the plan has no cells", "list at least one variant, eta value and seed")
-    report = build_report(store, parent_id, out_dir)
+    try:
+        report = build_report(store, parent_id, out_dir)
+    except BaseException:  # the parent is never left RUNNING by an error after the cells ran
+        close_open_runs(store, parent_id, "FAILED")
+        raise
     store.set_status(parent_id, "FINISHED")
     return AblationOutcome(parent_id, cells, skipped, job_outcome, report, store.experiment_id)
 
@@ -102,18 +108,18 @@ def ablate_command(plan_file: str, tracking_uri: str | None = None, address: str
     """``bib-ray ablate``: run the plan file's unfinished cells and print the report; returns the exit code."""
     plan, base = load_plan(plan_file)
     uri = resolve_tracking_uri(tracking_uri)
-    resume_cmd = " ".join(["bib-ray", "ablate", plan_file, "--resume"] +
-                          (["--address", address] if address else []) +
-                          ["--tracking-uri", uri] + (["--storage", storage] if storage else []))
+    resume_cmd = resume_line(["bib-ray", "ablate", plan_file], address, tracking_uri, uri, storage)
     outcome = run_ablation(plan, base, uri, address, resume, force, storage, Path(plan_file).read_text(), output,
                            resume_cmd)
     if outcome.job is not None and outcome.job.interrupted:
-        print(f"ablation interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
-        return 130
+        print(f"ablation {outcome.job.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}",
+              file=sys.stderr)
+        return outcome.job.exit_code
     ran = len(outcome.cells) - len(outcome.skipped)
     print(f"ablation {plan.name}: {ran} cells run, {len(outcome.skipped)} already finished (skipped"
           f"{'' if not outcome.skipped else '; --force re-runs them'})")
     print(outcome.report.text)
-    print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} at {uri}")
-    print(ui_hint(uri, outcome.experiment_id))
+    print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} "
+          f"at {mask_secrets(uri)}")
+    print(mask_secrets(ui_hint(uri, outcome.experiment_id)))
     return 0
