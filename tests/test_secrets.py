@@ -88,13 +88,18 @@ def _store_leaks(uri: str, experiment: str) -> list[str]:
 
 @pytest.mark.slow
 def test_search_through_a_server_with_a_password_prints_and_stores_none(server, tmp_path):
+    """Also the README's cluster command in a fresh folder: an empty working folder and a --storage folder
+    that does not exist yet (the default Optuna study goes into it, so it is created first)."""
     uri, server_folder = server
     space = {"name": "secret_search", "base": TINY_BASE, "trials": 2, "concurrency": 2,
              "scheduler": {"type": "none"}, "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    proc = run_cli(["search", "space.yaml", "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
-                   cwd=tmp_path, timeout=600)
+    fresh, storage = tmp_path / "fresh", tmp_path / "not" / "yet" / "runs"
+    fresh.mkdir()
+    proc = run_cli(["search", str(tmp_path / "space.yaml"), "--tracking-uri", uri, "--storage", str(storage)],
+                   cwd=fresh, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (storage / "optuna.db").is_file() and (fresh / "best.yaml").is_file()
     assert "MLflow parent run" in proc.stdout and "eco:***@127.0.0.1" in proc.stdout  # masked, not left out
     assert PASSWORD not in proc.stdout + proc.stderr
     assert _leaks(tmp_path, server_folder) == []  # best.yaml, Tune's folder, the server's database and artifacts
@@ -117,3 +122,20 @@ def test_ablation_with_the_password_in_the_environment_prints_and_stores_none(se
     assert PASSWORD not in proc.stdout + proc.stderr
     assert _leaks(tmp_path, server_folder) == []
     assert _store_leaks(uri, "secret_plan") == []
+
+
+def test_default_optuna_storage_folder_is_created_and_its_errors_name_no_flag(tmp_path):
+    """The default study lives in the Tune storage folder, which may not exist yet: it is created; an
+    error about the default storage names it, not --optuna-storage (which the user never gave)."""
+    from bib_ray.distributed.optuna_study import DEFAULT_OPTION, prepare_study
+    from bib_ray.distributed.space import parse_search_space
+
+    space = parse_search_space({"name": "fresh", "base": TINY_BASE,
+                                "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0}}}, "s")
+    db = tmp_path / "not" / "yet" / "optuna.db"
+    prepare_study(space, f"sqlite:///{db}", resume=False, option=DEFAULT_OPTION)
+    assert db.is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BibInputError) as err:
+        prepare_study(space, f"sqlite:///{tmp_path}/file/optuna.db", resume=False, option=DEFAULT_OPTION)
+    assert str(err.value).startswith("Optuna storage: ") and "--optuna-storage sqlite:///" in str(err.value)

@@ -79,7 +79,13 @@ def prepare_study(space: "SearchSpace", url: str, resume: bool, option: str = OP
     import optuna
 
     if option != OPTION and url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BibInputError(option, f"cannot create the folder {str(folder)!r} of the Optuna study "
+                                f"({err.strerror or err})", f"give --storage a writable folder, or {OPTION} "
+                                "sqlite:///PATH/optuna.db") from None
     storage = open_storage(url, option)
     signature = space_signature(space)
     names = {s.study_name: s for s in storage.get_all_studies()}

@@ -81,10 +81,11 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from bib_ray.distributed.pruned_search import EarlyStopAwareOptunaSearch
 
     key = space.result_key
-    searcher = OptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
+    searcher = EarlyStopAwareOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
                             study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
@@ -106,6 +107,28 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
                    max_failures=space.max_failures, search_alg=searcher, scheduler=scheduler,
                    parent_tags=tags, parent_params=params, parent_texts={"search_space.yaml": source_text},
                    resume_command=resume_command, expected_trials=space.trials)
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """How a search's trials ended: ran to the end, stopped early by the scheduler, failed."""
+
+    finished: int
+    stopped: int
+    failed: int
+
+    def line(self) -> str:
+        """The summary line the search prints."""
+        return (f"trials: {self.finished} finished, {self.stopped} stopped early by the scheduler (PRUNED in "
+                f"Optuna, not used for the best trial or importances), {self.failed} failed")
+
+
+def trial_counts(outcome: JobOutcome) -> TrialCounts:
+    """Count the trials of a search's result grid by how they ended."""
+    results = list(outcome.results or [])
+    failed = sum(1 for r in results if r.error or not r.metrics)
+    finished = sum(1 for r in results if not r.error and r.metrics and final_of(r.metrics) is not None)
+    return TrialCounts(finished, len(results) - failed - finished, failed)
 
 
 def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, dict[str, Any]]:
@@ -209,6 +232,7 @@ def search_command(space_file: str, tracking_uri: str | None = None, address: st
         print(f"search {outcome.job.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}",
               file=sys.stderr)
         return outcome.job.exit_code
+    print(trial_counts(outcome.job).line())
     if outcome.best_spec is None:
         print("no trial finished with a finite metric; see the MLflow runs' failed_reason tags", file=sys.stderr)
         return 1

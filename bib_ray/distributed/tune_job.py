@@ -157,18 +157,37 @@ def open_store_while_ray_starts(tracking_uri: str, experiment: str, address: str
     return store
 
 
-def check_resources(resources: dict[str, float], field_name: str = "resources") -> None:
-    """Refuse trials that ask more CPU or GPU than the whole cluster has (they would wait forever)."""
-    import ray
+def check_resources(resources: dict[str, float], field_name: str = "resources", total: dict[str, float] | None = None,
+                    node_types: list | None = None) -> None:
+    """Refuse trials that no node of the cluster can ever run (they would wait forever).
 
-    total = ray.cluster_resources()
-    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
-        want = float(resources.get(key, 0))
-        have = float(total.get(ray_key, 0))
-        if want > have and not os.environ.get("BIB_RAY_AUTOSCALING"):
-            raise BibInputError(f"{field_name}.{key}", f"each trial asks {want:g} {ray_key} but the cluster has "
-                                f"{have:g}", f"lower {field_name}.{key} (fractions share a device) or add nodes; "
-                                "on an autoscaling cluster set BIB_RAY_AUTOSCALING=1")
+    ``total``: the cluster's resources now (default ``ray.cluster_resources()``); ``node_types``: what
+    the autoscaler may add (default: read from the cluster's autoscaling config, see
+    :mod:`bib_ray.distributed.autoscale`). ``BIB_RAY_AUTOSCALING=1`` trusts the autoscaler."""
+    from bib_ray.distributed.autoscale import cluster_node_types, resource_problem
+
+    if total is None:
+        import ray
+
+        total = ray.cluster_resources()
+    source = "the cluster config"
+    if node_types is None:
+        node_types, found = cluster_node_types()
+        source = found or source
+    problem = resource_problem(resources, total, node_types, autoscaling=bool(os.environ.get("BIB_RAY_AUTOSCALING")))
+    if problem is None:
+        return
+    ray_key, want, have = problem
+    key = ray_key.lower()
+    if node_types:
+        why = f"no node type of {source} offers it on one node"
+        fix = f"lower {field_name}.{key} (fractions share a device) or add a node type that has it"
+    else:
+        why = "no autoscaling config names a node type that has it"
+        fix = (f"lower {field_name}.{key} (fractions share a device) or add nodes; on an autoscaling cluster "
+               "set BIB_RAY_CLUSTER_CONFIG to its cluster file, or BIB_RAY_AUTOSCALING=1")
+    raise BibInputError(f"{field_name}.{key}", f"each trial asks {want:g} {ray_key} but the cluster has {have:g} "
+                        f"and {why}", fix)
 
 
 def storage_root(flag: str | None) -> Path:
