@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from bib_ray.errors import BibInputError
+from bib_ray.errors import BibInputError, Terminated
 
 EXIT_INPUT = 2
 PRETRAIN_FLOOR = 100
@@ -374,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bib_ray.distributed.tune_job import ask_token_auth_for_local_ray
 
         ask_token_auth_for_local_ray()
+    if args.command in ("search", "ablate"):  # SIGTERM (batch schedulers) stops them as Ctrl-C does
+        from bib_ray.distributed.tune_job import handle_sigterm_like_ctrl_c
+
+        handle_sigterm_like_ctrl_c()
     try:
         from bib_ray.preflight import check_command_paths
 
@@ -382,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BibInputError as err:
         print(f"bib-ray: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except Terminated:
+        print("bib-ray: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("bib-ray: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,8 @@ never sees a traceback from deep inside for a typo. The message names the field 
 
 from __future__ import annotations
 
+from bib_ray.redact import mask_secrets
+
 
 class BibInputError(ValueError):
     """Bad user input: the message names the field and how to fix it (one line)."""
@@ -18,4 +20,14 @@ class BibInputError(ValueError):
         text = f"{field}: {problem}"
         if fix:
             text += f" ({fix})"
-        super().__init__(text.replace("\n", " "))
+        super().__init__(mask_secrets(text.replace("\n", " ")))  # a URI in the message loses its password
+
+    def __reduce__(self):
+        """Rebuilt from its three parts: an error raised in a Ray worker reaches the driver (Ray
+        pickles it) as the same one-line error, not a ``TypeError`` while unpickling."""
+        return (type(self), (self.field, self.problem, self.fix))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes and ``kill`` send): the command stops as on Ctrl-C, with exit code
+    143 (128 + 15) instead of 130."""

@@ -118,9 +118,15 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def _check_server(option: str, uri: str, fix: str) -> None:
     """Any HTTP answer (even an error status) means a server is there; no answer is the problem."""
-    url = uri.rstrip("/") + "/health"
+    parsed = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    request = urllib.request.Request(parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl())
+    if parsed.username is not None:  # user:password@ as MLflow's client sends it: HTTP basic auth
+        import base64
+
+        pair = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=SERVER_TIMEOUT_S):
+        with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S):
             pass
     except urllib.error.HTTPError:
         return
@@ -138,6 +144,37 @@ def _check_db_server(option: str, uri: str, scheme: str, fix: str) -> None:
     except OSError as err:
         raise BibInputError(option, f"cannot reach the {scheme} database at {host}:{port} "
                                     f"({err.strerror or err})", fix) from None
+
+
+DRIVER_FIXES = {"postgresql": 'pip install "bib-ray[postgres]" and write postgresql+psycopg2://...',
+                "mysql": "pip install pymysql and write mysql+pymysql://..."}
+
+
+def check_db_driver(option: str, uri: str) -> None:
+    """The DBAPI driver SQLAlchemy will pick for ``uri``'s dialect (``postgresql://`` means psycopg 3
+    in SQLAlchemy 2.1, ``postgresql+psycopg2://`` psycopg2) must be importable: else MLflow or Optuna
+    fail later with a long ``ModuleNotFoundError`` traceback, after Ray started."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise BibInputError(option, f"{uri!r} is not a database URL SQLAlchemy knows ({err})",
+                            "write e.g. postgresql+psycopg2://USER:PASSWORD@HOST/DB") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        backend = url.get_backend_name()
+        module = getattr(err, "name", None) or str(err)
+        fix = DRIVER_FIXES.get(backend, f"install the Python package of the {dialect.driver} driver")
+        if dialect.driver == "psycopg2":
+            fix = 'pip install "bib-ray[postgres]" (psycopg2-binary)'
+        elif backend == "postgresql":
+            fix = f'pip install "psycopg[binary]", or {fix}'
+        raise BibInputError(option, f"{backend} driver {dialect.driver!r} is not installed (no module "
+                                    f"{module!r})", fix) from None
 
 
 def check_tracking_uri(flag: str | None) -> str:
@@ -162,6 +199,7 @@ def check_tracking_uri(flag: str | None) -> str:
         folder = urllib.parse.urlparse(uri).path if base == "file" else uri
         check_folder(option, folder, "give a writable folder, or " + fix)
     elif base in DB_PORTS:
+        check_db_driver(option, uri)
         _check_db_server(option, uri, base, "start the database or " + fix)
     elif base not in UNCHECKED_SCHEMES:
         raise BibInputError(option, f"unknown scheme {scheme!r} in {uri!r}",
@@ -180,6 +218,7 @@ def check_optuna_storage(url: str, option: str = "--optuna-storage") -> None:
             raise BibInputError(option, f"{url!r} names no SQLite file", "write sqlite:///PATH/optuna.db")
         _check_sqlite_file(option, db, fix)
     elif base in DB_PORTS:
+        check_db_driver(option, url)
         _check_db_server(option, url, base, "start the database or " + fix)
     else:
         raise BibInputError(option, f"unknown scheme {scheme!r} in {url!r}",

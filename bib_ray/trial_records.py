@@ -139,6 +139,12 @@ def final_of(result: Mapping[str, Any] | None) -> FinalRecord | None:
     return record if isinstance(record, FinalRecord) else None
 
 
+def is_final(result: Mapping[str, Any] | None) -> bool:
+    """Whether a result is a trial's final record (it ran to the end), from the record's kind alone: so
+    it also reads the flattened copy of a result that Tune hands to searchers."""
+    return (result or {}).get(_KIND) == "final"
+
+
 @dataclass(frozen=True)
 class CellConfig:
     """An ablation cell as its trial receives it: its name, key, task label and run-setting updates."""

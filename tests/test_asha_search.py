@@ -97,3 +97,30 @@ def test_best_trial_is_the_best_complete_one_in_the_result_grid(asha_run):
     parent = Store(uri, space.name).client.get_run(outcome.job.parent_id)
     assert parent.data.tags["best_trial_id"] == best.metrics["trial_id"]
     assert math.isclose(parent.data.metrics["best.normalized_mean"], best.metrics["normalized_mean"], rel_tol=1e-12)
+
+
+def test_optuna_holds_the_stopped_trials_as_pruned(asha_run):
+    """Optuna's COMPLETE trials are exactly the trials that ran to the end (MLflow's FINISHED children
+    without the ``stopped`` tag), with their final scores; the trials ASHA stopped are PRUNED."""
+    import optuna
+
+    from bib_ray.distributed.search import trial_counts
+
+    space, uri, outcome, _ = asha_run
+    study = optuna.load_study(study_name=space.name, storage=outcome.optuna_storage)
+    by_state = {state: sorted((round(t.params["engine.lr"], 12), t.value) for t in study.trials if t.state == state)
+                for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+    complete, stopped = _complete(outcome.job.results), _stopped(outcome.job.results)
+    assert by_state[optuna.trial.TrialState.COMPLETE] == sorted(
+        (round(r.config["engine.lr"], 12), r.metrics["normalized_mean"]) for r in complete)
+    assert [lr for lr, _ in by_state[optuna.trial.TrialState.PRUNED]] == sorted(
+        round(r.config["engine.lr"], 12) for r in stopped)
+    assert len(study.trials) == 8  # nothing else: no FAIL, no RUNNING
+    children = Store(uri, space.name).children(outcome.job.parent_id)
+    ran_to_end = [c for c in children if c.info.status == "FINISHED" and "stopped" not in c.data.tags]
+    assert len(ran_to_end) == len(by_state[optuna.trial.TrialState.COMPLETE])
+    assert study.best_trial.value == outcome.best_metrics["normalized_mean"]  # the study's best is best.yaml's
+    assert outcome.importances.trials == len(complete)  # importances over complete trials only
+    counts = trial_counts(outcome.job)
+    assert (counts.finished, counts.stopped, counts.failed) == (len(complete), len(stopped), 0)
+    assert counts.line().startswith(f"trials: {len(complete)} finished, {len(stopped)} stopped early")

@@ -177,8 +177,8 @@ def test_optuna_storage_is_checked_when_a_command_has_one(tmp_path, monkeypatch)
         with pytest.raises(BibInputError) as err:
             check_command_paths(bad)
         assert str(err.value).startswith("--optuna-storage: ") and needle in str(err.value)
-    with pytest.raises(BibInputError, match="cannot reach the postgresql database"):
-        check_optuna_storage(f"postgresql://u:p@127.0.0.1:{int(refused_uri().rsplit(':', 1)[1])}/db")
+    with pytest.raises(BibInputError, match="--optuna-storage: mysql driver 'mysqldb' is not installed"):
+        check_optuna_storage(f"mysql+mysqldb://u:p@127.0.0.1:{int(refused_uri().rsplit(':', 1)[1])}/db")
 
 
 def test_a_cluster_search_does_not_check_the_drivers_cache(tmp_path, monkeypatch):

@@ -16,8 +16,10 @@ import yaml
 
 from bib_ray.bench.memory import warn_if_gpu_share_too_small
 from bib_ray.distributed.plan import AblationPlan, Cell, expand_cells, lm_seed_list, load_plan
-from bib_ray.distributed.tune_job import JobOutcome, TuneJob, check_resources, execute, init_ray, storage_root
+from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, close_open_runs, execute, init_ray,
+                                         resume_line, storage_root)
 from bib_ray.errors import BibInputError
+from bib_ray.redact import mask_secrets
 from bib_ray.spec import RunSpec
 from bib_ray.runner import logged_metric_names
 from bib_ray.tasks.base import Task
@@ -150,19 +152,23 @@ def run_ablation(plan: AblationPlan, base: RunSpec, tracking_uri: str, address: 
             return AblationOutcome(parent_id, cells, skipped, job_outcome, None, store.experiment_id)
     if parent_id is None:
         raise BibInputError("plan", "the plan has no cells", "list at least one variant, eta value and seed")
-    extra = second_stage_cells(plan, base, store, parent_id)
-    if extra:
-        done = finished_keys(store, parent_id)
-        todo = [c for c in extra if c.key not in done]
-        skipped += [c for c in extra if c.key in done]
-        cells = cells + extra
-        if todo:  # a fresh Tune job that skips finished cells: --resume of an interrupted stage two lands here too
-            job_outcome = _run_cells(plan, base, store, f"{plan.name}-stage2", todo, len(cells), address, False,
-                                     storage, source_text, resume_command, parent_id)
-            if job_outcome.interrupted:
-                return AblationOutcome(parent_id, cells, skipped, job_outcome, None, store.experiment_id)
-    store.set_tags(parent_id, {**inference_tags(plan), "plan_cells": str(len(cells))})
-    report = build_report(store, parent_id, out_dir)
+    try:  # the parent is never left RUNNING by an error after the cells ran
+        extra = second_stage_cells(plan, base, store, parent_id)
+        if extra:
+            done = finished_keys(store, parent_id)
+            todo = [c for c in extra if c.key not in done]
+            skipped += [c for c in extra if c.key in done]
+            cells = cells + extra
+            if todo:  # a fresh Tune job that skips finished cells: --resume of an interrupted stage two lands here
+                job_outcome = _run_cells(plan, base, store, f"{plan.name}-stage2", todo, len(cells), address,
+                                         False, storage, source_text, resume_command, parent_id)
+                if job_outcome.interrupted:
+                    return AblationOutcome(parent_id, cells, skipped, job_outcome, None, store.experiment_id)
+        store.set_tags(parent_id, {**inference_tags(plan), "plan_cells": str(len(cells))})
+        report = build_report(store, parent_id, out_dir)
+    except BaseException:
+        close_open_runs(store, parent_id, "FAILED")
+        raise
     store.set_status(parent_id, "FINISHED")
     return AblationOutcome(parent_id, cells, skipped, job_outcome, report, store.experiment_id)
 
@@ -173,18 +179,18 @@ def ablate_command(plan_file: str, tracking_uri: str | None = None, address: str
     """``bib-ray ablate``: run the plan file's unfinished cells and print the report; returns the exit code."""
     plan, base = load_plan(plan_file)
     uri = resolve_tracking_uri(tracking_uri)
-    resume_cmd = " ".join(["bib-ray", "ablate", plan_file, "--resume"] +
-                          (["--address", address] if address else []) +
-                          ["--tracking-uri", uri] + (["--storage", storage] if storage else []))
+    resume_cmd = resume_line(["bib-ray", "ablate", plan_file], address, tracking_uri, uri, storage)
     outcome = run_ablation(plan, base, uri, address, resume, force, storage, Path(plan_file).read_text(), output,
                            resume_cmd)
     if outcome.job is not None and outcome.job.interrupted:
-        print(f"ablation interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
-        return 130
+        print(f"ablation {outcome.job.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}",
+              file=sys.stderr)
+        return outcome.job.exit_code
     ran = len(outcome.cells) - len(outcome.skipped)
     print(f"ablation {plan.name}: {ran} cells run, {len(outcome.skipped)} already finished (skipped"
           f"{'' if not outcome.skipped else '; --force re-runs them'})")
     print(outcome.report.text)
-    print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} at {uri}")
-    print(ui_hint(uri, outcome.experiment_id))
+    print(f"report: {', '.join(str(p) for p in outcome.report.paths)}; MLflow parent run {outcome.parent_id} "
+          f"at {mask_secrets(uri)}")
+    print(mask_secrets(ui_hint(uri, outcome.experiment_id)))
     return 0

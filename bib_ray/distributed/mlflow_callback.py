@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
+from bib_ray.redact import mask_secrets, unmask
 from bib_ray.tracking.store import Store, flatten, retrying
 from bib_ray.trial_records import HEADLINE_METRICS, CellConfig, FinalRecord, StepReport, TrialPlan, record_of
 
@@ -114,6 +115,14 @@ class MLflowTrialCallback(Callback):
         self.writer: StoreWriter | None = None
         self.pending: dict[str, tuple[Any, list[tuple[int, dict]]]] = {}  # trial id -> (trial, step rows)
         self.flushed_at = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles the callback into the experiment folder (``tuner.pkl``): the tracking URI goes
+        there masked; the driver that restores it was given the real one again (``--resume``)."""
+        return {**self.__dict__, "tracking_uri": mask_secrets(self.tracking_uri)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({**state, "tracking_uri": unmask(state["tracking_uri"])})
 
     # --- Tune's lifecycle: set-up and checkpointed state -------------------------------------------
     def setup(self, store: Store | None = None, **info) -> None:

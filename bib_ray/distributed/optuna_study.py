@@ -51,34 +51,48 @@ def space_signature(space: "SearchSpace") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
-    """Optuna's RDB storage at ``url``; an unreachable or malformed URL is one line naming the option."""
+DEFAULT_OPTION = "Optuna storage"  # what an error names when the user gave no --optuna-storage
+
+
+def open_storage(url: str, option: str = OPTION) -> "optuna.storages.RDBStorage":
+    """Optuna's RDB storage at ``url``; an unreachable or malformed URL is one line naming the option
+    (``option``: the flag the user gave, or :data:`DEFAULT_OPTION` for the default storage)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no per-trial lines: MLflow and Tune report those
+    fix = ("give an SQLAlchemy URL Optuna can open, e.g. sqlite:///PATH/optuna.db" if option == OPTION else
+           f"check that the folder is writable, or give {OPTION} sqlite:///PATH/optuna.db")
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's many kinds: a bad URL, no server, no driver
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise BibInputError(OPTION, f"cannot open the Optuna storage {url!r} ({first})",
-                            "give an SQLAlchemy URL Optuna can open, e.g. sqlite:///PATH/optuna.db") from None
+        raise BibInputError(option, f"cannot open the Optuna storage {url!r} ({first})", fix) from None
 
 
-def prepare_study(space: "SearchSpace", url: str, resume: bool) -> "optuna.storages.RDBStorage":
+def prepare_study(space: "SearchSpace", url: str, resume: bool, option: str = OPTION) -> "optuna.storages.RDBStorage":
     """The storage, with the search's study ready for Ray's OptunaSearch (which loads it by name).
 
     A study of the same name made by another search space is refused: its trials would steer the
     sampler with parameters of another space. A fresh run deletes the old study of its own space.
+    A default SQLite file's folder (the Tune storage folder, which may not exist yet) is created first.
     """
     import optuna
 
-    storage = open_storage(url)
+    if option != OPTION and url.startswith("sqlite:///"):
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BibInputError(option, f"cannot create the folder {str(folder)!r} of the Optuna study "
+                                f"({err.strerror or err})", f"give --storage a writable folder, or {OPTION} "
+                                "sqlite:///PATH/optuna.db") from None
+    storage = open_storage(url, option)
     signature = space_signature(space)
     names = {s.study_name: s for s in storage.get_all_studies()}
     if space.name in names:
         found = names[space.name].user_attrs.get(SPACE_ATTR)
         if found != signature:
-            raise BibInputError(OPTION, f"{url} already holds an Optuna study {space.name!r} of another search "
+            raise BibInputError(option, f"{url} already holds an Optuna study {space.name!r} of another search "
                                 "space", "rename the search (name: in the space file) or give another "
                                 f"{OPTION}")
         if not resume:

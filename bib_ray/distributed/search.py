@@ -18,9 +18,10 @@ import yaml
 from bib_ray.bench.memory import warn_if_gpu_share_too_small
 from bib_ray.criteria import split_offline
 from bib_ray.distributed.space import OFFLINE_METRICS, SearchSpace, lm_seed_list, load_search_space
-from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, execute, open_store_while_ray_starts,
-                                         storage_root)
+from bib_ray.distributed.tune_job import (JobOutcome, TuneJob, check_resources, close_open_runs, execute,
+                                         open_store_while_ray_starts, resume_line, storage_root)
 from bib_ray.errors import BibInputError
+from bib_ray.redact import mask_secrets
 from bib_ray.spec import RunSpec, dump_run_spec
 from bib_ray.tracking.store import Store, resolve_tracking_uri
 from bib_ray.tracking.ui_links import ui_hint
@@ -81,10 +82,11 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from bib_ray.distributed.pruned_search import EarlyStopAwareOptunaSearch
 
     key = space.result_key
-    searcher = OptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
+    searcher = EarlyStopAwareOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
                             study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
@@ -106,6 +108,28 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
                    max_failures=space.max_failures, search_alg=searcher, scheduler=scheduler,
                    parent_tags=tags, parent_params=params, parent_texts={"search_space.yaml": source_text},
                    resume_command=resume_command, expected_trials=space.trials)
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """How a search's trials ended: ran to the end, stopped early by the scheduler, failed."""
+
+    finished: int
+    stopped: int
+    failed: int
+
+    def line(self) -> str:
+        """The summary line the search prints."""
+        return (f"trials: {self.finished} finished, {self.stopped} stopped early by the scheduler (PRUNED in "
+                f"Optuna, not used for the best trial or importances), {self.failed} failed")
+
+
+def trial_counts(outcome: JobOutcome) -> TrialCounts:
+    """Count the trials of a search's result grid by how they ended."""
+    results = list(outcome.results or [])
+    failed = sum(1 for r in results if r.error or not r.metrics)
+    finished = sum(1 for r in results if not r.error and r.metrics and final_of(r.metrics) is not None)
+    return TrialCounts(finished, len(results) - failed - finished, failed)
 
 
 def best_of(outcome: JobOutcome, space: SearchSpace) -> tuple[RunSpec | None, dict[str, Any]]:
@@ -135,11 +159,12 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
                resume_command: str = "", optuna_storage: str | None = None) -> SearchOutcome:
     """Run a search end to end and log it; returns the best trial. The Optuna study goes to
     ``optuna_storage`` (default: an SQLite file beside the MLflow store)."""
-    from bib_ray.distributed.optuna_study import close_stale_trials, default_storage_url, prepare_study
+    from bib_ray.distributed.optuna_study import DEFAULT_OPTION, OPTION, default_storage_url, prepare_study
 
     validate_against_task(space)
     optuna_url = optuna_storage or default_storage_url(tracking_uri, storage_root(storage))
-    study_storage = prepare_study(space, optuna_url, resume)  # a bad storage fails here, before any run
+    option = OPTION if optuna_storage else DEFAULT_OPTION  # an error names what the user gave
+    study_storage = prepare_study(space, optuna_url, resume, option)  # a bad storage fails here, before any run
     if not address:  # locally; on a cluster each node trains its own copy once
         prepare_default_lms(default_lm_variants(space))
     store = open_store_while_ray_starts(tracking_uri, space.name, address)
@@ -150,6 +175,19 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
     outcome = execute(job, storage_root(storage), resume)
     if outcome.interrupted:
         return SearchOutcome(outcome, None, {}, optuna_url)
+    parent = outcome.parent_id
+    try:
+        return _finish_search(space, store, outcome, optuna_url, study_storage, best_output)
+    except BaseException:  # the parent is never left RUNNING by an error after the trials ran
+        close_open_runs(store, parent, "FAILED")
+        raise
+
+
+def _finish_search(space: SearchSpace, store: Store, outcome: JobOutcome, optuna_url: str, study_storage: Any,
+                   best_output: str | Path) -> SearchOutcome:
+    """After the trials: the Optuna study closed, the best trial written and logged, importances."""
+    from bib_ray.distributed.optuna_study import close_stale_trials
+
     close_stale_trials(study_storage, space.name)
     best_spec, best_metrics = best_of(outcome, space)
     parent = outcome.parent_id
@@ -159,7 +197,7 @@ def run_search(space: SearchSpace, tracking_uri: str, address: str | None = None
                                    if k in HEADLINE_METRICS + (space.result_key,)}, 0)
         store.log_text(parent, Path(best_output).read_text(), "best.yaml")
         store.set_tags(parent, {"best_trial_id": best_metrics.get("trial_id", "")})
-    store.set_tags(parent, {"optuna_storage": optuna_url, "optuna_study": space.name})
+    store.set_tags(parent, {"optuna_storage": mask_secrets(optuna_url), "optuna_study": space.name})
     importances = log_importances(store, parent, space.name, study_storage)
     store.set_status(parent, "FINISHED")
     return SearchOutcome(outcome, best_spec, best_metrics, optuna_url, importances)
@@ -188,15 +226,15 @@ def search_command(space_file: str, tracking_uri: str | None = None, address: st
     """``bib-ray search``: run the space file's search and print its outcome; returns the exit code."""
     space = load_search_space(space_file)
     uri = resolve_tracking_uri(tracking_uri)
-    resume_cmd = " ".join(["bib-ray", "search", space_file, "--resume"] +
-                          (["--address", address] if address else []) + ["--tracking-uri", uri] +
-                          (["--storage", storage] if storage else []) +
-                          (["--optuna-storage", optuna_storage] if optuna_storage else []))
+    resume_cmd = resume_line(["bib-ray", "search", space_file], address, tracking_uri, uri, storage,
+                             optuna_storage)
     outcome = run_search(space, uri, address, resume, storage, Path(space_file).read_text(),
                          best_output, resume_cmd, optuna_storage)
     if outcome.job.interrupted:
-        print(f"search interrupted; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}", file=sys.stderr)
-        return 130
+        print(f"search {outcome.job.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}",
+              file=sys.stderr)
+        return outcome.job.exit_code
+    print(trial_counts(outcome.job).line())
     if outcome.best_spec is None:
         print("no trial finished with a finite metric; see the MLflow runs' failed_reason tags", file=sys.stderr)
         return 1
@@ -217,15 +255,15 @@ def search_command(space_file: str, tracking_uri: str | None = None, address: st
     which = f"seed {space.seeds[0]}" + (f", LM seed {lm_seeds[0]}" if len(lm_seeds) > 1 else "")
     print(f"wrote {best_output} with {which} (bib-ray run --config {best_output} re-runs "
           f"that one run{'; the scores above are means' if several else ''}); MLflow parent run "
-          f"{outcome.job.parent_id} at {uri}")
+          f"{outcome.job.parent_id} at {mask_secrets(uri)}")
     importances = outcome.importances
     if importances is not None and importances.importances:
         print("parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.importances)
               + " (report/param_importances.* on the parent run)")
     elif importances is not None:
         print(f"parameter importances: none ({importances.reason})")
-    print(f"Optuna study {space.name!r}: optuna-dashboard {outcome.optuna_storage}")
-    print(ui_hint(uri, outcome.job.experiment_id))
+    print(f"Optuna study {space.name!r}: optuna-dashboard {mask_secrets(outcome.optuna_storage)}")
+    print(mask_secrets(ui_hint(uri, outcome.job.experiment_id)))
     return 0
 
 

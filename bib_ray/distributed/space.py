@@ -104,6 +104,17 @@ class Categorical(_Dist):
     values: list[Any] = Field(min_length=1)
 
 
+def samples_to_check(dist: "LogUniform | Uniform | IntRange | Categorical") -> list[Any]:
+    """The values that stand for everything ``dist`` can give a trial: each categorical value; the
+    bounds of a range, and a fractional point inside a continuous one (its sampled type)."""
+    if isinstance(dist, Categorical):
+        return list(dist.values)
+    if isinstance(dist, IntRange):
+        return [dist.low, dist.high]
+    inside = dist.low + (dist.high - dist.low) * 0.371
+    return [dist.low, dist.high, inside]
+
+
 Distribution = Annotated[Union[LogUniform, Uniform, IntRange, Categorical], Field(discriminator="type")]
 
 
@@ -175,12 +186,14 @@ class SearchSpace(BaseModel):
 
     @model_validator(mode="after")
     def _params_are_run_settings(self) -> "SearchSpace":
+        """Every value a trial can be given is a valid run setting, checked here, before Ray starts: a
+        bad one would otherwise fail inside a worker, once per retry, with the search half-run."""
         for key, dist in self.params.items():
-            sample = dist.values[0] if isinstance(dist, Categorical) else dist.low
-            try:
-                self.base.with_updates({key: sample})
-            except BibInputError as err:
-                raise ValueError(f"params.{key} is not a valid run setting: {err}") from None
+            for sample in samples_to_check(dist):
+                try:  # the run spec's types decide: a fraction for an integer setting is refused
+                    self.base.with_updates({key: sample})
+                except BibInputError as err:
+                    raise ValueError(f"params.{key} value {sample!r} is not a valid run setting: {err}") from None
         return self
 
     @property

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bib_ray.errors import BibInputError
+from bib_ray.errors import BibInputError, Terminated
+from bib_ray.redact import has_secret, mask_secrets
 from bib_ray.tracking.store import Store
 from bib_ray.trial_records import TrialPlan, final_of
 
@@ -55,6 +57,45 @@ class JobOutcome:
     interrupted: bool
     experiment_path: Path
     experiment_id: str = ""  # the MLflow experiment's id (for the UI's address)
+    stopped_by: str = ""  # "SIGTERM" when a batch scheduler (Slurm, Kubernetes) stopped it; "" for Ctrl-C
+
+    @property
+    def interrupted_by(self) -> str:
+        """How the run ended early, in words for the summary line."""
+        return "terminated (SIGTERM)" if self.stopped_by == "SIGTERM" else "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+        return 128 + (signal.SIGTERM if self.stopped_by == "SIGTERM" else signal.SIGINT)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def handle_sigterm_like_ctrl_c() -> None:
+    """SIGTERM (what Slurm, Kubernetes and ``kill`` send) stops the command as Ctrl-C does.
+
+    ``ray.init`` installs its own SIGTERM handler in the driver (``sys.exit`` from wherever the main
+    thread is), which ends in a crash dump with Ray's threads alive and runs left RUNNING; so this is
+    installed again after Ray starts. Inside Tune's run :func:`execute` swaps in a graceful stop."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def resume_line(command: list[str], address: str | None, tracking_flag: str | None, tracking_uri: str,
+                storage: str | None, optuna_storage: str | None = None) -> str:
+    """The ``--resume`` command a user can paste, with passwords masked.
+
+    A tracking URI with a password that came from ``$MLFLOW_TRACKING_URI`` is left out (the same shell
+    still has it, and it is then never printed); one given as a flag is shown as ``***``, for the user
+    to type again."""
+    parts = [*command, "--resume"] + (["--address", address] if address else [])
+    if tracking_flag or not has_secret(tracking_uri):
+        parts += ["--tracking-uri", tracking_uri]
+    parts += (["--storage", storage] if storage else []) + (["--optuna-storage", optuna_storage]
+                                                            if optuna_storage else [])
+    return mask_secrets(" ".join(parts))
 
 
 def ask_token_auth_for_local_ray() -> None:
@@ -95,6 +136,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BibInputError("address", f"cannot connect to Ray at {address!r}: {first}",
                             "start the cluster (ray up / ray start --head) or omit --address") from None
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        handle_sigterm_like_ctrl_c()  # Ray's own handler replaced ours
     current().event("Ray is up")
 
 
@@ -117,18 +162,37 @@ def open_store_while_ray_starts(tracking_uri: str, experiment: str, address: str
     return store
 
 
-def check_resources(resources: dict[str, float], field_name: str = "resources") -> None:
-    """Refuse trials that ask more CPU or GPU than the whole cluster has (they would wait forever)."""
-    import ray
+def check_resources(resources: dict[str, float], field_name: str = "resources", total: dict[str, float] | None = None,
+                    node_types: list | None = None) -> None:
+    """Refuse trials that no node of the cluster can ever run (they would wait forever).
 
-    total = ray.cluster_resources()
-    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
-        want = float(resources.get(key, 0))
-        have = float(total.get(ray_key, 0))
-        if want > have and not os.environ.get("BIB_RAY_AUTOSCALING"):
-            raise BibInputError(f"{field_name}.{key}", f"each trial asks {want:g} {ray_key} but the cluster has "
-                                f"{have:g}", f"lower {field_name}.{key} (fractions share a device) or add nodes; "
-                                "on an autoscaling cluster set BIB_RAY_AUTOSCALING=1")
+    ``total``: the cluster's resources now (default ``ray.cluster_resources()``); ``node_types``: what
+    the autoscaler may add (default: read from the cluster's autoscaling config, see
+    :mod:`bib_ray.distributed.autoscale`). ``BIB_RAY_AUTOSCALING=1`` trusts the autoscaler."""
+    from bib_ray.distributed.autoscale import cluster_node_types, resource_problem
+
+    if total is None:
+        import ray
+
+        total = ray.cluster_resources()
+    source = "the cluster config"
+    if node_types is None:
+        node_types, found = cluster_node_types()
+        source = found or source
+    problem = resource_problem(resources, total, node_types, autoscaling=bool(os.environ.get("BIB_RAY_AUTOSCALING")))
+    if problem is None:
+        return
+    ray_key, want, have = problem
+    key = ray_key.lower()
+    if node_types:
+        why = f"no node type of {source} offers it on one node"
+        fix = f"lower {field_name}.{key} (fractions share a device) or add a node type that has it"
+    else:
+        why = "no autoscaling config names a node type that has it"
+        fix = (f"lower {field_name}.{key} (fractions share a device) or add nodes; on an autoscaling cluster "
+               "set BIB_RAY_CLUSTER_CONFIG to its cluster file, or BIB_RAY_AUTOSCALING=1")
+    raise BibInputError(f"{field_name}.{key}", f"each trial asks {want:g} {ray_key} but the cluster has {have:g} "
+                        f"and {why}", fix)
 
 
 def storage_root(flag: str | None) -> Path:
@@ -198,10 +262,8 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
     trials: fewer than expected, or some not ended.
     """
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     from bib_ray.distributed.mlflow_callback import MLflowTrialCallback
-    from bib_ray.distributed.trainable import bib_trainable
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -224,11 +286,44 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         return MLflowTrialCallback(job.store.uri, job.store.experiment, parent_id, tags, job.plan,
                                    total=job.expected_trials or job.num_samples)
 
+    interrupted, stop = False, _GracefulStop()
+    try:
+        with stop:  # from here on SIGTERM stops like Ctrl-C, and an error leaves no run RUNNING
+            tuner = _tuner(job, storage, path, resume, restorable, new_callback)
+            results = tuner.fit()
+    except KeyboardInterrupt:
+        results, interrupted = None, True
+    except BaseException:  # never RUNNING after an error; the error goes on to the CLI
+        close_open_runs(job.store, parent_id, "FAILED", MLflowTrialCallback.active(parent_id))
+        raise
+    callback = MLflowTrialCallback.active(parent_id)
+    try:
+        if callback is not None:
+            callback.flush()  # metrics still queued; a write that failed is raised here, in the driver
+    except BaseException:
+        close_open_runs(job.store, parent_id, "FAILED", callback)
+        raise
+    if results is not None:
+        done = results.num_terminated + results.num_errors
+        interrupted = interrupted or done < len(results) or (job.expected_trials or 0) > len(results)
+    if interrupted:
+        close_open_runs(job.store, parent_id, "KILLED", callback)
+    return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path,
+                      experiment_id=job.store.experiment_id, stopped_by=stop.received)
+
+
+def _tuner(job: TuneJob, storage: Path, path: Path, resume: bool, restorable: bool, new_callback):
+    """A new Tuner, or Tune's saved one restored (resume); open children reconciled first on resume."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from bib_ray.distributed.trainable import bib_trainable
+
     trainable = tune.with_resources(tune.with_parameters(bib_trainable, plan=job.plan), job.resources)
     if resume:
         closer = new_callback()
         closer.setup(store=job.store)
-        reconcile_children(job.store, parent_id, path, closer)
+        reconcile_children(job.store, closer.parent_id, path, closer)
     if restorable:  # Tune unpickles the callback it was given and hands back its state (set_state)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=job.param_space)
@@ -243,22 +338,47 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
                                       reuse_actors=True)
         tuner = tune.Tuner(trainable, param_space=job.param_space, tune_config=tune_config,
                            run_config=run_config)
-    interrupted = False
+    return tuner
+
+
+def close_open_runs(store: Store, parent_id: str, status: str, callback=None) -> None:
+    """Mark the parent and every child still open KILLED (stopped) or FAILED (an error), so a search or
+    ablation that ends early never leaves a run RUNNING. Best effort: a store that fails here must not
+    hide the error that brought us here."""
     try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        results, interrupted = None, True
-    callback = MLflowTrialCallback.active(parent_id)
-    if callback is not None:
-        callback.flush()  # metrics still queued; a write that failed is raised here, in the driver
-    if results is not None:
-        done = results.num_terminated + results.num_errors
-        interrupted = interrupted or done < len(results) or (job.expected_trials or 0) > len(results)
-    if interrupted:
         open_runs = set(callback.open_run_ids()) if callback is not None else set()
-        open_runs |= {r.info.run_id for r in job.store.children(parent_id) if r.info.status == "RUNNING"}
+        open_runs |= {r.info.run_id for r in store.children(parent_id) if r.info.status == "RUNNING"}
         for run_id in open_runs:
-            job.store.set_status(run_id, "KILLED")
-        job.store.set_status(parent_id, "KILLED")
-    return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path,
-                      experiment_id=job.store.experiment_id)
+            store.set_status(run_id, status)
+        store.set_status(parent_id, status)
+    except Exception:  # noqa: BLE001 - the store itself may be what failed
+        pass
+
+
+class _GracefulStop:
+    """While Tune runs: SIGTERM stops it as Ctrl-C does (trials stopped, experiment state saved for
+    ``--resume``), through the graceful-stop handler Tune installs for SIGINT and SIGUSR1 (Tune's
+    documented ways to end a run cleanly). Remembers that it was SIGTERM, for the exit code."""
+
+    def __init__(self) -> None:
+        self.received = ""
+        self._before: Any = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.received = "SIGTERM"
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if callable(tune_stop) and tune_stop is not self._on_sigterm:
+            tune_stop(signal.SIGUSR1, frame)  # Tune's handler: sets its stop event, fit() returns
+        else:  # Tune has not started (or has ended): stop as a Ctrl-C would
+            raise Terminated()
+
+    def __enter__(self) -> "_GracefulStop":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._before = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._before is not None:
+            signal.signal(signal.SIGTERM, self._before)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from bib_ray.errors import BibInputError
+from bib_ray.redact import mask_secrets, remember
 
 T = TypeVar("T")
 DEFAULT_URI = "sqlite:///mlruns.db"
@@ -71,6 +72,8 @@ class Store:
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
         for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.tracking.sqlalchemy_store"):
             logging.getLogger(name).setLevel(logging.WARNING)  # schema set-up chatter on a new store
+        if remember(tracking_uri) != tracking_uri:  # MLflow's "View run ... at <uri>" lines would show it
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         existing = retrying(lambda: self.client.get_experiment_by_name(experiment))
@@ -90,7 +93,7 @@ class Store:
     # runs ---------------------------------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         """A new run (child of ``parent_id`` when given) and its id."""
-        tags = {k: str(v) for k, v in tags.items()}
+        tags = {k: mask_secrets(str(v)) for k, v in tags.items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = retrying(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name))
@@ -118,7 +121,7 @@ class Store:
         from mlflow.entities import Param
 
         existing = retrying(lambda: self.client.get_run(run_id)).data.params
-        todo = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+        todo = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
         for start in range(0, len(todo), 100):
             chunk = todo[start:start + 100]
             retrying(lambda: self.client.log_batch(run_id, params=chunk))
@@ -147,7 +150,7 @@ class Store:
         """Tags (stringified)."""
         from mlflow.entities import RunTag
 
-        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        batch = [RunTag(k, mask_secrets(str(v))) for k, v in tags.items()]  # a URI in a tag loses its password
         retrying(lambda: self.client.log_batch(run_id, tags=batch))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
