@@ -132,13 +132,38 @@ def test_replicates_run_without_ray_and_report_in_batches(tmp_path, monkeypatch,
 
 def test_without_a_step_cadence_a_trial_reports_at_replicate_ends(tmp_path, monkeypatch):
     """No scheduler needs rungs: one report per replicate but the last, whose steps ride on the final
-    record (each report is a round trip the trial waits on)."""
+    record (each report is a round trip the trial waits on). The clock stands still, so no report is
+    due by time whatever the machine's load."""
     from bib_ray.trial_run import run_replicates
 
     monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
     records = []
     final = run_replicates(RunSpec.model_validate(TINY_BASE), seeds=[0, 1], lm_seeds=[0], report_every=None,
-                           emit=records.append)
+                           emit=records.append, clock=lambda: 100.0)
     assert [type(r).__name__ for r in records] == ["StepReport", "FinalRecord"]
     assert [row.step for row in records[0].rows] == list(range(1, 7))
     assert [row.step for row in final.rows] == list(range(7, 13))
+
+
+def test_without_a_step_cadence_a_report_is_due_every_report_seconds(tmp_path, monkeypatch):
+    """The time cadence, on a clock the test drives: 4 s a call, so a report falls due at every third
+    call after the one at the first step (12 s >= REPORT_SECONDS), counted from the first step, not
+    from set-up (the clock is not read before it)."""
+    from bib_ray.trial_run import REPORT_SECONDS, run_replicates
+
+    monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
+    reads = []
+
+    def clock() -> float:
+        reads.append(len(reads) * 4.0)
+        return reads[-1]
+
+    records = []
+    final = run_replicates(RunSpec.model_validate(TINY_BASE), seeds=[0], lm_seeds=[0], report_every=None,
+                           emit=records.append, clock=clock)
+    assert REPORT_SECONDS == 10.0
+    # reads: step 1 starts the count (0) and checks (4); step 2 checks (8); step 3 checks (12): due, and
+    # the report resets the count (16); steps 4 and 5 check (20, 24); step 6 is the end: no check.
+    assert [[row.step for row in r.rows] for r in records[:-1]] == [[1, 2, 3]]
+    assert [row.step for row in final.rows] == [4, 5, 6]
+    assert reads == [0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
