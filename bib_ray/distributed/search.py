@@ -80,10 +80,10 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+    from bib_ray.distributed.resumable_optuna import ResumableOptunaSearch
 
     key = space.result_key
-    searcher = OptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
+    searcher = ResumableOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
                             study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
