@@ -146,24 +146,20 @@ def test_without_a_step_cadence_a_trial_reports_at_replicate_ends(tmp_path, monk
 
 
 def test_without_a_step_cadence_a_report_is_due_every_report_seconds(tmp_path, monkeypatch):
-    """The time cadence, on a clock the test drives: 4 s a call, so a report falls due at every third
-    call after the one at the first step (12 s >= REPORT_SECONDS), counted from the first step, not
-    from set-up (the clock is not read before it)."""
+    """The time cadence, on a clock the test drives from the steps themselves: set-up takes 9 s, each step
+    4 s. Counted from the first step (t = 9), a report falls due at step 4 (12 s >= REPORT_SECONDS) and the
+    count restarts there; counted from before set-up (t = 0), it would fall due at step 2 already."""
     from bib_ray.trial_run import REPORT_SECONDS, run_replicates
 
     monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
-    reads = []
+    now = {"t": 0.0}
 
-    def clock() -> float:
-        reads.append(len(reads) * 4.0)
-        return reads[-1]
+    def step_begins(global_step: int) -> None:
+        now["t"] = 9.0 + 4.0 * (global_step - 1)
 
     records = []
     final = run_replicates(RunSpec.model_validate(TINY_BASE), seeds=[0], lm_seeds=[0], report_every=None,
-                           emit=records.append, clock=clock)
+                           emit=records.append, on_iteration=step_begins, clock=lambda: now["t"])
     assert REPORT_SECONDS == 10.0
-    # reads: step 1 starts the count (0) and checks (4); step 2 checks (8); step 3 checks (12): due, and
-    # the report resets the count (16); steps 4 and 5 check (20, 24); step 6 is the end: no check.
-    assert [[row.step for row in r.rows] for r in records[:-1]] == [[1, 2, 3]]
-    assert [row.step for row in final.rows] == [4, 5, 6]
-    assert reads == [0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
+    assert [[row.step for row in r.rows] for r in records[:-1]] == [[1, 2, 3, 4]]
+    assert [row.step for row in final.rows] == [5, 6]
