@@ -23,14 +23,17 @@ REPORT_SECONDS = 10.0  # without a step cadence: a report at least this often (l
 
 def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], report_every: int | None,
                    emit: Emit, node: str = "", on_iteration: Callable[[int], None] | None = None,
-                   criteria_each_report: bool = False) -> FinalRecord:
+                   criteria_each_report: bool = False,
+                   clock: Callable[[], float] = time.monotonic) -> FinalRecord:
     """Run ``spec`` once per (LM seed, design seed) and emit what it did, then the :class:`FinalRecord`
     (also returned), which carries the steps not yet reported.
 
     Reports: every ``report_every`` steps (an early-stopping scheduler's rungs need them) and at each
     replicate's end; with ``report_every=None``, at each replicate's end and at least every
-    ``REPORT_SECONDS``. Why so few: each report is a round trip to the driver that the trial waits on
-    (tens of milliseconds, more on a busy machine), which is most of a short trial's overhead. The
+    ``REPORT_SECONDS`` of ``clock``, counted from the first step (set-up is not reporting time; a test
+    passes a clock of its own, so the cadence does not hang on the machine's load). Why so few: each
+    report is a round trip to the driver that the trial waits on (tens of milliseconds, more on a busy
+    machine), which is most of a short trial's overhead. The
     offline criteria are computed at each replicate's last step, and at every step-cadence report with
     ``criteria_each_report``.
 
@@ -43,7 +46,7 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
 
     started, started_at = time.perf_counter(), time.time()
     report_every = max(1, report_every) if report_every else None
-    reported_at = time.monotonic()
+    reported_at: float | None = None  # the clock at the first step, then at each report
     setup_seconds = design_seconds = run_seconds = 0.0
     iteration = 0
     pending: list[StepRow] = []
@@ -73,15 +76,17 @@ def run_replicates(spec: RunSpec, seeds: list[int], lm_seeds: list[int | None], 
                     on_iteration(iteration)
                 row = {k: v for k, v in metrics.items() if k != "step"}
                 pending.append(StepRow(step=iteration, seed=seed, lm_seed=lm_seed, metrics=row))
+                if reported_at is None:
+                    reported_at = clock()
                 end = metrics["step"] == steps
                 if end and last_replicate:
                     return  # these rows travel with the final record: one round trip less
                 due = iteration % report_every == 0 if report_every else \
-                    time.monotonic() - reported_at >= REPORT_SECONDS
+                    clock() - reported_at >= REPORT_SECONDS
                 if due or end:
                     emit(StepReport(rows=tuple(pending), worker=worker()))
                     pending.clear()
-                    reported_at = time.monotonic()
+                    reported_at = clock()
 
             def criteria_at(step: int, offset: int = offset) -> bool:
                 return criteria_each_report and bool(report_every) and (offset + step) % report_every == 0

@@ -2,8 +2,9 @@
 
 Why: the suite's closing lines ("bad-input cases", "crash recoveries", "runs lost") must be figures the
 tests measured, not text written in. A test records a case only after its assertions passed, so a
-count says how many cases were seen to behave; ``runs lost`` is summed from what each crash test
-found in MLflow after recovering. Nothing here depends on the order tests run in: the summary is built
+count says how many cases were seen to behave; ``runs lost`` (and the rows lost by concurrent writers)
+is summed from what each test found in MLflow after recovering, recorded before the test asserts on
+it, so a loss shows in the summary as well as failing the test. Nothing here depends on the order tests run in: the summary is built
 in ``pytest_terminal_summary`` (conftest.py) from whatever was recorded.
 """
 

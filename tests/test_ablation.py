@@ -85,6 +85,50 @@ def test_report_command_rebuilds_from_mlflow(ablation_run):
     assert (root / "cli_report" / "table.csv").read_text() == first.report.csv
 
 
+def test_report_reference_picks_the_variant_the_differences_compare_with(ablation_run, tmp_path, capsys):
+    """README: ``--reference`` overrides the plan's reference variant. Against ``forward`` the paired table has
+    the ``learned`` row, against ``learned`` the ``forward`` row, with the opposite differences (same pairs)."""
+    import csv
+
+    from bib_ray.cli import main
+
+    plan, uri, first, _, _ = ablation_run
+    tables = {}
+    for reference in ("forward", "learned"):
+        out = tmp_path / reference
+        assert main(["report", plan.name, "--tracking-uri", uri, "--output", str(out), "--reference", reference]) == 0
+        assert f"variant - {reference}" in capsys.readouterr().out
+        tables[reference] = list(csv.DictReader((out / "paired.csv").open()))
+    (vs_forward,), (vs_learned,) = tables["forward"], tables["learned"]
+    assert (vs_forward["variant"], vs_forward["reference"]) == ("learned", "forward")
+    assert (vs_learned["variant"], vs_learned["reference"]) == ("forward", "learned")
+    assert vs_forward["pairs"] == vs_learned["pairs"] == "2"
+    for column in ("max", "median", "mean"):
+        assert float(vs_forward[f"{column}_diff"]) == pytest.approx(-float(vs_learned[f"{column}_diff"]), abs=1e-12)
+
+
+@pytest.mark.slow  # a second Ray job of 4 trials (90 s on a loaded 2-core machine)
+def test_force_reruns_finished_cells_under_a_new_parent(ablation_run, tmp_path):
+    """README: re-running a plan skips FINISHED cells "unless ``--force``". On a copy of the store (so the
+    other tests' store keeps one parent), force re-runs all four cells as new children of a new parent,
+    keeps the old ones, and the seeded cells give the same numbers again."""
+    import shutil
+
+    plan, uri, first, _, root = ablation_run
+    shutil.copy(root / "mlruns.db", tmp_path / "mlruns.db")
+    copy = f"sqlite:///{tmp_path}/mlruns.db"
+    forced = run_ablation(plan, plan.base, copy, storage=str(tmp_path / "runs"), out_dir=tmp_path / "report",
+                          force=True)
+    assert not forced.skipped and forced.parent_id != first.parent_id
+    store = Store(copy, plan.name)
+    old, new = store.children(first.parent_id), store.children(forced.parent_id)
+    assert len(old) == 4 and len(new) == 4 and {c.info.status for c in new} == {"FINISHED"}
+    assert not {c.info.run_id for c in old} & {c.info.run_id for c in new}
+    before = {c.data.tags["cell"]: c.data.metrics["normalized_max"] for c in old}
+    after = {c.data.tags["cell"]: c.data.metrics["normalized_max"] for c in new}
+    assert after.keys() == before.keys() and after == pytest.approx(before, rel=1e-9)
+
+
 def test_ablation_through_mlflow_server(mlflow_server, tmp_path, monkeypatch):
     """A real client: the ablation logs through `mlflow server`; MlflowClient finds it over REST."""
     from mlflow.tracking import MlflowClient

@@ -126,6 +126,32 @@ def test_bootstrap_interval_brackets_and_narrows():
     assert all(math.isnan(v) for v in bootstrap_interval(x[:2], x[:2], stat))
 
 
+def test_bootstrap_interval_is_the_95_percent_percentile_interval_of_the_resamples():
+    """Recomputed independently on the same resamples (the seeded draw of ``bootstrap_interval``): scipy's
+    Spearman on each resampled pair of columns, then the 2.5th and 97.5th percentiles; and 95% of the
+    resampled statistics fall inside, whatever the draw (a 20/80 interval holds 60%). scipy.stats.bootstrap
+    on its own resamples agrees to Monte Carlo error."""
+    from scipy.stats import bootstrap
+
+    from bib_ray.tracking.agreement import BOOTSTRAP_SEED
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=30)
+    b = a + rng.normal(size=30)
+    samples = 2000
+    lo, hi = bootstrap_interval(a, b, spearman_rows, samples=samples)
+    idx = np.random.default_rng(BOOTSTRAP_SEED).integers(0, 30, size=(samples, 30))
+    values = np.array([spearmanr(a[row], b[row]).statistic for row in idx])
+    ordered = np.sort(values)
+    expected = [np.interp(q * (samples - 1), np.arange(samples), ordered) for q in (0.025, 0.975)]
+    assert (lo, hi) == pytest.approx(expected, abs=1e-12)
+    inside = np.mean((values >= lo) & (values <= hi))
+    assert 0.945 <= inside <= 0.955, inside
+    scipy_ci = bootstrap((a, b), lambda u, v: spearmanr(u, v).statistic, paired=True, vectorized=False,
+                         n_resamples=2000, method="percentile", random_state=1).confidence_interval
+    assert lo == pytest.approx(scipy_ci.low, abs=0.03) and hi == pytest.approx(scipy_ci.high, abs=0.03)
+
+
 def test_vectorised_correlations_equal_scipy_on_resamples_with_ties():
     rng = np.random.default_rng(4)
     a, b = rng.integers(0, 5, size=12).astype(float), rng.normal(size=12)  # ties in a
@@ -210,3 +236,25 @@ def test_ablation_cells_get_an_agreement_table_too(tmp_path):
     assert entry["spearman_median"] == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
     missing = next(e for e in report.table if e["criterion"] == "offline_pairwise_mean")
     assert missing["trials"] == 0 and math.isnan(missing["spearman_median"])  # not logged by these cells
+
+
+def test_several_tasks_log_per_task_agreement_metrics(tmp_path):
+    """README: with several tasks the parent's metrics are ``agreement.<task>.<criterion>.<stat>``, each the
+    value of that task's own table row (computed on that task's trials alone)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    store = local_store(uri, "two_tasks", tmp_path / "artifacts")
+    parent = make_synthetic_ablation(store, "two_tasks", ["forward", "learned", "grad"], [0, 1],
+                                     tasks=("tfbind8", "ehrlich"), failed=False)
+    client = MlflowClient(tracking_uri=uri)
+    report = build_agreement(client, client.get_run(parent), tmp_path / "out", samples=50)
+    logged = client.get_run(parent).data.metrics
+    agreement = {k for k in logged if k.startswith("agreement.")}
+    assert agreement and all(k.split(".")[1] in ("tfbind8", "ehrlich") for k in agreement), sorted(agreement)[:5]
+    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    for task in ("tfbind8", "ehrlich"):
+        mine = [r.data.metrics for r in runs if r.data.tags["task"] == task and r.info.status == "FINISHED"]
+        assert len(mine) == 6
+        rho = spearmanr([m["offline_proxy_mean"] for m in mine], [m["normalized_median"] for m in mine]).statistic
+        assert logged[f"agreement.{task}.offline_proxy_mean.spearman_median"] == pytest.approx(rho, abs=1e-12)
+        entry = next(e for e in report.table if e["task"] == task and e["criterion"] == "offline_proxy_mean")
+        assert entry["trials"] == 6

@@ -37,7 +37,6 @@ import pytest
 import yaml
 
 jsonschema = pytest.importorskip("jsonschema")  # Ray's validate_config needs it
-click = pytest.importorskip("click")
 
 from ray.autoscaler._private import commands  # noqa: E402
 from ray.autoscaler._private.providers import _NODE_PROVIDERS  # noqa: E402
@@ -117,14 +116,6 @@ def ray_up(monkeypatch):
     return run
 
 
-def broken_copy(tmp_path: Path, path: Path, mutate) -> Path:
-    config = load(path)
-    mutate(config)
-    out = tmp_path / path.name
-    out.write_text(yaml.safe_dump(config))
-    return out
-
-
 # --------------------------------------------------------------------------
 # Both files pass.
 
@@ -144,85 +135,10 @@ def test_file_as_written_matches_ray_schema(name):
 
 
 # --------------------------------------------------------------------------
-# Broken copies fail, with the exception ray up raises.
-
-
-def _drop(*keys):
-    def mutate(config):
-        target = config
-        for key in keys[:-1]:
-            target = target[key]
-        del target[keys[-1]]
-
-    return mutate
-
-
-def _set(key, value):
-    def mutate(config):
-        config[key] = value
-
-    return mutate
-
-
-def _set_gpu_resources(value):
-    def mutate(config):
-        config["available_node_types"]["ray.worker.gpu"]["resources"]["GPU"] = value
-
-    return mutate
-
-
-def _add_node_types(config):
-    config["available_node_types"] = {
-        "gpu": {"node_config": {}, "resources": {"GPU": 1}}
-    }
-
-
-SCHEMA_ERROR = jsonschema.ValidationError
-BROKEN = [
-    # (file, case, mutation, (exception ray up raises, text in its message),
-    #  exception validate_config raises on the raw broken file, or None)
-    ("aws", "no cluster_name", _drop("cluster_name"), (KeyError, "cluster_name"), SCHEMA_ERROR),
-    ("onprem", "no cluster_name", _drop("cluster_name"), (KeyError, "cluster_name"), SCHEMA_ERROR),
-    ("aws", "no provider", _drop("provider"), (KeyError, "provider"), SCHEMA_ERROR),
-    ("onprem", "no provider", _drop("provider"), (KeyError, "provider"), SCHEMA_ERROR),
-    ("aws", "no provider.type", _drop("provider", "type"), (KeyError, "type"), SCHEMA_ERROR),
-    ("onprem", "no provider.type", _drop("provider", "type"), (KeyError, "type"), SCHEMA_ERROR),
-    ("aws", "max_workers is a str", _set("max_workers", "many"), (SCHEMA_ERROR, "many"), SCHEMA_ERROR),
-    # prepare_local compares max_workers with len(worker_ips) before the schema
-    ("onprem", "max_workers is a str", _set("max_workers", "many"), (TypeError, "str"), SCHEMA_ERROR),
-    ("aws", "unknown top-level key", _set("gpus_per_trial", 0.25), (SCHEMA_ERROR, "gpus_per_trial"), SCHEMA_ERROR),
-    ("onprem", "unknown top-level key", _set("gpus_per_trial", 0.25), (SCHEMA_ERROR, "gpus_per_trial"), SCHEMA_ERROR),
-    ("aws", "fractional GPU resource", _set_gpu_resources(0.25), (SCHEMA_ERROR, "0.25"), SCHEMA_ERROR),
-    ("aws", "negative GPU resource", _set_gpu_resources(-1), (SCHEMA_ERROR, "-1"), SCHEMA_ERROR),
-    ("aws", "unknown head_node_type", _set("head_node_type", "nope"), (ValueError, "head_node_type"), ValueError),
-    # the local provider builds its own node type and refuses user-defined ones
-    ("onprem", "node types given", _add_node_types, (click.ClickException, "available_node_types"), None),
-]
-
-
-@pytest.mark.parametrize(
-    "name, mutate, raised, raw_raised",
-    [case[:1] + case[2:] for case in BROKEN],
-    ids=[f"{case[0]}: {case[1]}" for case in BROKEN],
-)
-def test_ray_up_rejects_broken_copy(ray_up, tmp_path, name, mutate, raised, raw_raised):
-    broken = broken_copy(tmp_path, FILES[name], mutate)
-    raised, message = raised
-    with pytest.raises(raised, match=re.escape(message)):
-        ray_up(broken)
-    if raised in (SCHEMA_ERROR, ValueError):
-        assert ray_up.validated  # rejected by validate_config itself
-    if raw_raised is not None:
-        with pytest.raises(raw_raised):
-            validate_config(load(broken))
-
-
-def test_schema_error_names_the_problem(ray_up, tmp_path):
-    broken = broken_copy(tmp_path, AWS, _set("max_workers", "many"))
-    with pytest.raises(SCHEMA_ERROR, match="'many' is not of type 'integer'"):
-        ray_up(broken)
-    with pytest.raises(SCHEMA_ERROR, match="'cluster_name' is a required property"):
-        validate_config(load(broken_copy(tmp_path, AWS, _drop("cluster_name"))))
+# Broken copies are not tested here: that Ray's ``validate_config`` rejects a file without
+# ``cluster_name``, with ``max_workers: "many"`` or a fractional GPU resource is Ray's behaviour on
+# files bib-ray never ships (issue 25: a control of a framework is a comment, not a test). What
+# bib-ray ships is held to that schema above, before Ray fills in defaults.
 
 
 # --------------------------------------------------------------------------

@@ -145,20 +145,21 @@ def test_epistasis_is_holo_cubic_response() -> None:
 
 
 def test_quantisation_rounds_as_holo() -> None:
-    # k = 4, q = 3: holo steps by ceil(4/3) = 2 elements, levels 0, 0.5, 1
+    """k = 4, q = 3: holo steps by ceil(4/3) = 2 elements, levels 0, 0.5, 1, and rounds the share of
+    elements present *down*: 1 element scores 0, 3 score 0.5. The sequence holds no motif letter but the
+    ``present`` ones placed in one window, so that window's count is the best count exactly."""
     f = EhrlichFunction(16, 20, 1, 4, 3, seed=1)
     motif, spacing = f.motifs[0], f.spacings[0]
-    x = np.tile(f.optimal_solution(), (5, 1))
-    for present in range(5):  # keep ``present`` motif elements in the first window, break the rest
-        row = x[present]
-        for j in range(present, 4):
-            row[spacing[j]] = (motif[j] + 1) % 20
+    assert len(set(motif.tolist())) == 4  # distinct letters: no other window can match a placed one
+    filler = next(s for s in range(20) if s not in set(motif.tolist()))
+    x = np.full((5, 16), filler)
+    for present in range(5):
+        x[present, spacing[:present]] = motif[:present]
     h = f.motif_presence(x)[:, 0]
     step = math.ceil(4 / 3)
     holo = [math.floor(m / step) / (4 / step) for m in range(5)]
-    assert h[4] == 1.0
-    assert all(h[m] >= holo[m] for m in range(5))  # another window may hold more elements
-    assert set(h.tolist()) <= {0.0, 0.5, 1.0}
+    assert holo == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert h.tolist() == holo
 
 
 @pytest.mark.parametrize("options", [

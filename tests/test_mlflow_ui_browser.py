@@ -92,13 +92,7 @@ def test_runs_table_url_lists_the_child_runs_in_the_model_training_view(store_ur
     assert PARENT in text
 
 
-@pytest.mark.parametrize("route", ["", "/runs", "/runs?workflowType=machine_learning"])
-def test_shorter_addresses_do_not_list_the_children(store_uri, ui_address, tmp_path, route):
-    """The check above can fail: the bare experiment page (GenAI overview), the runs tab alone (GenAI
-    navigation) and the model-training table in its default sort (children folded under the parent)
-    do not list the children, which is why runs_table_url carries all three parts."""
-    _, experiment_id = store_uri
-    page = rendered(f"{ui_address}/#/experiments/{experiment_id}{route}", tmp_path)
-    text = visible_text(page)
-    assert PARENT in text, "the page did not render the experiment at all"
-    assert not any(name in text for name in CHILDREN)
+# Not tested: that MLflow's UI does *not* list the children on shorter addresses (the bare experiment
+# page opens the GenAI overview, ``/runs`` the GenAI navigation, ``/runs?workflowType=machine_learning``
+# folds the children under their parent). That is MLflow's behaviour on addresses bib-ray never prints,
+# and the reason runs_table_url carries all three parts; the test above is the one a bib-ray change fails.

@@ -4,6 +4,8 @@
 Each node runs as `ray start --block` in its own process, so the test stops exactly the nodes it
 started, by their own process ids (SIGTERM makes `ray start --block` stop what it launched), and
 never touches another Ray on the machine. Token authentication is off for this throw-away cluster.
+Slow (two Ray nodes started and polled for up to 120 s each on a machine of 2 cores):
+scripts/run_slow_tests.sh runs it.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def two_nodes(tmp_path):
             current.unlink()
 
 
+@pytest.mark.slow
 def test_search_spans_two_nodes(two_nodes, tmp_path):
     env, gcs, dashboard, node_ids = two_nodes
     space = {"name": "two_node_search", "base": {**TINY_BASE, "engine": {**TINY_BASE["engine"], "steps": 30}},

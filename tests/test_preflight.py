@@ -83,11 +83,11 @@ CASES = [
     ("report-http-refused", ["report", "x", "--tracking-uri", "{refused}"], {}, "cannot reach"),
     ("report-unknown-scheme", ["report", "x", "--tracking-uri", "s3://bucket/db"], {}, "unknown scheme"),
 ]
-COUNT = {"cases": 0}
 
 
 @pytest.mark.parametrize("case_id,argv,env,needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_path_or_store_stops_before_any_work(case_id, argv, env, needle, tmp_path, monkeypatch, capsys):
+def test_bad_path_or_store_stops_before_any_work(case_id, argv, env, needle, tmp_path, monkeypatch, capsys,
+                                                 observed):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("a regular file\n")
     (tmp_path / "adir").mkdir()
@@ -120,13 +120,7 @@ def test_bad_path_or_store_stops_before_any_work(case_id, argv, env, needle, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
-    COUNT["cases"] += 1
-
-
-def test_zz_print_preflight_count(capsys):
-    assert COUNT["cases"] == len(CASES)
-    with capsys.disabled():
-        print(f"\nbad path/store cases checked: {COUNT['cases']} (run, pretrain, search, ablate, report)")
+    observed.record("bad path/store cases that stopped before any work", argv[0])
 
 
 @pytest.fixture()

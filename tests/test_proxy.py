@@ -91,8 +91,23 @@ def test_missing_local_path_is_a_clear_error():
         LMProxy.load("./no/such/model", "ACGT")
 
 
-def test_fingerprint_is_stable_across_loads(tiny_lm_dir):
-    assert LMProxy.load(tiny_lm_dir, "ACGT").fingerprint() == LMProxy.load(tiny_lm_dir, "ACGT").fingerprint()
+def test_fingerprint_is_stable_across_loads(tiny_lm_dir, tmp_path):
+    """Same folder, same fingerprint; another LM (other weights, or one weight changed), another one."""
+    import transformers
+
+    first = LMProxy.load(tiny_lm_dir, "ACGT").fingerprint()
+    assert first == LMProxy.load(tiny_lm_dir, "ACGT").fingerprint()
+    other_seed, tokenizer = build_small_bert("ACGT", TINY.model_copy(update={"seed": 1}), 16)
+    other_seed.save_pretrained(tmp_path / "seed1")
+    tokenizer.save_pretrained(tmp_path / "seed1")
+    touched = transformers.AutoModelForMaskedLM.from_pretrained(tiny_lm_dir)
+    with torch.no_grad():
+        next(touched.parameters()).view(-1)[0] += 1e-3
+    touched.save_pretrained(tmp_path / "touched")
+    tokenizer.save_pretrained(tmp_path / "touched")
+    prints = {first, LMProxy.load(str(tmp_path / "seed1"), "ACGT").fingerprint(),
+              LMProxy.load(str(tmp_path / "touched"), "ACGT").fingerprint()}
+    assert len(prints) == 3, prints
 
 
 def test_default_budget_is_a_token_budget():

@@ -1,7 +1,11 @@
 """Crashes and interrupts: SIGKILL of the driver then --resume, a worker dying mid-trial, NaN
 losses, Ctrl-C. MLflow must end with one FINISHED child per trial and nothing left RUNNING.
 
-All but the NaN test take minutes each: they are in the slow set (scripts/run_slow_tests.sh)."""
+The fault tests (all but the NaN one) start Ray and a driver subprocess twice: marked ``fault``, left
+out of the default run and run by CI's second step (``python -m pytest -q -m fault``, .ci/run). They
+are as small as a kill mid-run allows: four trials or cells of 40 steps, two at a time, so the kill
+lands while one has finished and others have not. "runs lost" is counted from the store after the
+resume, before any assertion on it, so a lost run shows in the closing summary as well as failing."""
 
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from helpers import TINY_BASE
 
-SLOW_BASE = {**TINY_BASE, "engine": {**TINY_BASE["engine"], "steps": 120}}
-SPACE = {"name": "reliable_search", "base": SLOW_BASE, "trials": 6, "concurrency": 2,
+STEPS, TRIALS = 40, 4
+SLOW_BASE = {**TINY_BASE, "engine": {**TINY_BASE["engine"], "steps": STEPS}}
+SPACE = {"name": "reliable_search", "base": SLOW_BASE, "trials": TRIALS, "concurrency": 2,
          "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0}},
          "scheduler": {"type": "none"}, "report_every": 10}
 ASHA_SPACE = {**SPACE, "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2}}  # as shipped
@@ -55,12 +60,17 @@ def _children(runs: list) -> list:
     return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
+def _lost(children: list, key: str, expected: int) -> int:
+    """How many of the ``expected`` trials or cells (told apart by the tag ``key``) have no FINISHED child."""
+    return expected - len({c.data.tags.get(key) for c in children if c.info.status == "FINISHED"})
+
+
 def _search_args(root: Path, uri: str) -> list[str]:
     return ["search", "space.yaml", "--tracking-uri", uri, "--storage", str(root / "runs"),
             "--best-output", str(root / "best.yaml")]
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_sigkill_then_resume_finishes_remaining_trials(tmp_path, observed):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     uri = f"sqlite:///{tmp_path}/mlruns.db"
@@ -70,41 +80,41 @@ def test_sigkill_then_resume_finishes_remaining_trials(tmp_path, observed):
     driver.wait(timeout=60)
     before = _children(_runs(uri, "reliable_search"))
     finished_before = {r.data.tags["trial_id"] for r in before if r.info.status == "FINISHED"}
-    assert 1 <= len(finished_before) < 6
+    assert 1 <= len(finished_before) < TRIALS
     resumed = _start(_search_args(tmp_path, uri) + ["--resume"], tmp_path)
     out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
     runs = _runs(uri, "reliable_search")
     children = _children(runs)
+    observed.record(LOST, "search", _lost(children, "trial_id", TRIALS))
+    assert resumed.returncode == 0, err[-3000:]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [c.data.tags["trial_id"] for c in children]
-    assert len(children) == 6 and len(set(trial_ids)) == 6  # exactly one live child per trial
+    assert len(children) == TRIALS and len(set(trial_ids)) == TRIALS  # exactly one live child per trial
     assert all(c.info.status == "FINISHED" for c in children)
     assert finished_before <= set(trial_ids)  # finished trials were kept, not re-sampled
     for child in children:  # each step logged once, none missing
         steps = [m.step for m in MlflowClient(uri).get_metric_history(child.info.run_id, "forward_loss")]
-        assert sorted(steps) == list(range(1, 121)) + [120]  # the final record at the last step
+        assert sorted(steps) == list(range(1, STEPS + 1)) + [STEPS]  # the final record at the last step
     # Optuna kept its history in its own storage (beside the MLflow store): the resumed search continued
     # the same study, which holds every trial, those finished before the kill included.
     import optuna
 
     study = optuna.load_study(study_name="reliable_search", storage=f"sqlite:///{tmp_path}/optuna.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 6 and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(complete) == TRIALS and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     lrs = {round(float(c.data.params["engine.lr"]), 12) for c in children}
     assert {round(t.params["engine.lr"], 12) for t in complete} == lrs
     observed.record(RECOVERED, "driver SIGKILL + resume (search)")
-    observed.record(LOST, "search", 6 - len({c.data.tags["trial_id"] for c in children if c.info.status == "FINISHED"}))
 
 
 def _steps(uri: str, run_id: str, metric: str = "forward_loss") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_ablation_sigkill_then_resume(tmp_path, observed):
-    plan = {"name": "reliable_plan", "base": SLOW_BASE, "variants": ["forward", "fixed", "learned"],
+    plan = {"name": "reliable_plan", "base": SLOW_BASE, "variants": ["forward", "learned"],
             "adaptive_eta": [False], "baseline": False, "seeds": [0, 1], "concurrency": 2}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     uri = f"sqlite:///{tmp_path}/mlruns.db"
@@ -116,16 +126,17 @@ def test_ablation_sigkill_then_resume(tmp_path, observed):
     driver.wait(timeout=60)
     before = _children(_runs(uri, "reliable_plan"))
     finished_before = {c.data.tags["cell"]: c for c in before if c.info.status == "FINISHED"}
-    # The kill landed mid-run: some cells had finished, not all of the six.
-    assert 1 <= len(finished_before) < 6, sorted(finished_before)
+    # The kill landed mid-run: some cells had finished, not all four.
+    assert 1 <= len(finished_before) < TRIALS, sorted(finished_before)
     history_before = {cell: _steps(uri, c.info.run_id) for cell, c in finished_before.items()}
     resumed = _start(args + ["--resume"], tmp_path)
     out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
     runs = _runs(uri, "reliable_plan")
     children = _children(runs)
+    observed.record(LOST, "ablate", _lost(children, "cell", TRIALS))
+    assert resumed.returncode == 0, err[-3000:]
     cells = sorted(c.data.tags["cell"] for c in children)
-    assert cells == sorted(f"tfbind8/{v}/lm0/seed{s}" for v in ("forward", "fixed", "learned") for s in (0, 1))
+    assert cells == sorted(f"tfbind8/{v}/lm0/seed{s}" for v in ("forward", "learned") for s in (0, 1))
     assert all(c.info.status == "FINISHED" for c in children)
     by_cell = {c.data.tags["cell"]: c for c in children}
     for cell, old in finished_before.items():  # cells finished before the kill were left alone
@@ -133,34 +144,33 @@ def test_ablation_sigkill_then_resume(tmp_path, observed):
         assert by_cell[cell].info.end_time == old.info.end_time
         assert _steps(uri, old.info.run_id) == history_before[cell]
     for child in children:  # each step once, none missing, in the resumed cells too
-        assert _steps(uri, child.info.run_id) == list(range(1, 121)) + [120]  # and the final record at 120
+        assert _steps(uri, child.info.run_id) == list(range(1, STEPS + 1)) + [STEPS]  # and the final record
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert "| tfbind8 | learned | 2 |" in out or "| tfbind8 | learned | 1x2 |" in out, out[-2000:]
     observed.record(RECOVERED, "driver SIGKILL + resume (ablate)")
-    observed.record(LOST, "ablate", 6 - sum(c.info.status == "FINISHED" for c in children))
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_worker_crash_is_retried(tmp_path, observed):
     space = {**SPACE, "name": "crashy_search", "trials": 2, "max_failures": 2,
-             "base": {**SLOW_BASE, "engine": {**SLOW_BASE["engine"], "steps": 30}}}
+             "base": {**SLOW_BASE, "engine": {**SLOW_BASE["engine"], "steps": 20}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     marks = tmp_path / "crash_marks"
     proc = _start(_search_args(tmp_path, uri), tmp_path,
-                  {"BIB_RAY_TEST_CRASH_AT_STEP": "12", "BIB_RAY_TEST_CRASH_DIR": str(marks)})
+                  {"BIB_RAY_TEST_CRASH_AT_STEP": "8", "BIB_RAY_TEST_CRASH_DIR": str(marks)})
     out, err = proc.communicate(timeout=600)
+    children = _children(_runs(uri, "crashy_search"))
+    observed.record(LOST, "worker deaths", _lost(children, "trial_id", 2))
     assert proc.returncode == 0, err[-3000:]
     crashed = list(marks.glob("crashed-*"))
-    assert len(crashed) == 2  # each trial's first worker died at step 12
-    children = _children(_runs(uri, "crashy_search"))
+    assert len(crashed) == 2  # each trial's first worker died at step 8
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     for child in children:
         steps = [m.step for m in MlflowClient(uri).get_metric_history(child.info.run_id, "forward_loss")]
-        assert sorted(steps) == list(range(1, 31)) + [30]  # no step twice after the retry; the final at 30
+        assert sorted(steps) == list(range(1, 21)) + [20]  # no step twice after the retry; the final at 20
     observed.record(RECOVERED, "worker death retried", len(crashed))
-    observed.record(LOST, "worker deaths", 2 - sum(c.info.status == "FINISHED" for c in children))
 
 
 def test_nan_losses_fail_one_cell_and_the_rest_goes_on(tmp_path):
@@ -196,7 +206,7 @@ def _check_whole(uri: str, child, steps: int) -> list[int]:
     return logged
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.parametrize("command", ["search", "ablate"])
 def test_ctrl_c_to_the_process_group_then_resume(tmp_path, command, observed):
     """Ctrl-C as a terminal sends it (SIGINT to the driver's whole process group, Ray's processes
@@ -207,14 +217,13 @@ def test_ctrl_c_to_the_process_group_then_resume(tmp_path, command, observed):
     if command == "search":
         (tmp_path / "space.yaml").write_text(yaml.safe_dump({**ASHA_SPACE, "name": name}))
         args = _search_args(tmp_path, uri)
-        expected = 6
     else:
         plan = {"name": name, "base": SLOW_BASE, "variants": ["forward", "learned"], "adaptive_eta": [False],
-                "baseline": False, "seeds": [0, 1, 2]}
+                "baseline": False, "seeds": [0, 1]}
         (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
         args = ["ablate", "plan.yaml", "--tracking-uri", uri, "--storage", str(tmp_path / "runs"),
                 "--output", str(tmp_path / "report")]
-        expected = 6
+    expected = TRIALS
     driver = _start(args, tmp_path)
 
     def mid_run() -> bool:
@@ -234,24 +243,51 @@ def test_ctrl_c_to_the_process_group_then_resume(tmp_path, command, observed):
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert finished and len(finished) < expected
     for child in finished:  # a half-run child is never marked FINISHED
-        _check_whole(uri, child, 120)
+        _check_whole(uri, child, STEPS)
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}, [c.info.status for c in children]
     kept = {c.info.run_id: (c.info.end_time, _steps(uri, c.info.run_id)) for c in finished}
 
     resumed = _start(args + ["--resume"], tmp_path)
     out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
     runs = _runs(uri, name)
+    key = "trial_id" if command == "search" else "cell"
+    observed.record(LOST, command, _lost(_children(runs), key, expected))
+    assert resumed.returncode == 0, err[-3000:]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "FINISHED"
     children = _children(runs)
-    key = "trial_id" if command == "search" else "cell"
     assert len(children) == expected and len({c.data.tags[key] for c in children}) == expected  # once each
     assert {c.info.status for c in children} == {"FINISHED"}
     for child in children:
-        _check_whole(uri, child, 120)
+        _check_whole(uri, child, STEPS)
     for run_id, (end_time, steps) in kept.items():  # what had finished was left alone
         now = next(c for c in children if c.info.run_id == run_id)
         assert now.info.end_time == end_time and _steps(uri, run_id) == steps
     observed.record(RECOVERED, f"Ctrl-C to the process group + resume ({command})")
-    observed.record(LOST, command, expected - sum(c.info.status == "FINISHED" for c in children))
+
+
+def test_a_trial_the_study_finished_before_the_kill_can_report_again(tmp_path):
+    """The race the SIGKILL test hit: Optuna's storage holds trial 0 COMPLETE, Tune's saved state still
+    runs it, so the resumed search runs it again and its reports reach the searcher. They must not fail
+    the search (Ray's plain OptunaSearch raises UpdateFinishedTrialError there); the study keeps the
+    value it had."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from bib_ray.distributed.optuna_searcher import BibOptunaSearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    searcher = BibOptunaSearch(space={"x": tune.uniform(0.0, 1.0)}, metric="m", mode="max",
+                                     study_name="s", storage=storage)
+    assert "x" in searcher.suggest("t0")
+    optuna.load_study(study_name="s", storage=storage).tell(0, 0.75)  # finished in the study, not in Tune
+    result = {"m": 0.5, "training_iteration": 1}
+    with pytest.raises(UpdateFinishedTrialError):
+        OptunaSearch.on_trial_result(searcher, "t0", result)  # what Ray's own searcher does here
+    searcher.on_trial_result("t0", result)
+    searcher.on_trial_complete("t0", {"m": 0.75, "training_iteration": 2})
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.75

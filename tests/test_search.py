@@ -93,6 +93,54 @@ def test_best_config_reruns_with_same_scores(search_run):
         assert math.isclose(rerun[key], outcome.best_metrics[key], rel_tol=1e-9, abs_tol=1e-9), key
 
 
+def test_a_plan_with_base_from_best_yaml_runs_the_best_config(search_run, tmp_path):
+    """README: ``base_from: best.yaml`` starts an ablation from a finished search's best config: the cell
+    runs with the search's best parameters (the plan's variant on top)."""
+    from bib_ray.distributed.ablation import run_ablation
+    from bib_ray.distributed.plan import load_plan
+    from bib_ray.spec import load_run_spec
+
+    _, _, outcome, root = search_run
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({
+        "name": "from_best", "base_from": str(root / "best.yaml"), "variants": ["forward"], "adaptive_eta": [False],
+        "baseline": False, "seeds": [0]}))
+    plan, base = load_plan(tmp_path / "plan.yaml")
+    best = load_run_spec(root / "best.yaml")
+    assert base == best and base.engine.lr != parse_search_space(SPACE, "space").base.engine.lr
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    ran = run_ablation(plan, base, uri, storage=str(tmp_path / "runs"), out_dir=tmp_path / "report")
+    (child,) = Store(uri, "from_best").children(ran.parent_id)
+    assert child.info.status == "FINISHED" and child.data.params["engine.variant"] == "forward"
+    assert math.isclose(float(child.data.params["engine.lr"]), best.engine.lr, rel_tol=1e-12)
+    assert math.isclose(float(child.data.params["engine.beta_scale"]), best.engine.beta_scale, rel_tol=1e-12)
+
+
+@pytest.mark.slow  # a second Ray job of 4 trials (90 s on a loaded 2-core machine)
+def test_a_fresh_search_replaces_its_study(search_run, tmp_path):
+    """README: a fresh run of a search (no --resume) replaces its Optuna study; MLflow keeps every run. On a
+    copy of both stores, so the other tests' study is untouched."""
+    import datetime
+    import shutil
+
+    import optuna
+
+    space, _, outcome, root = search_run
+    for name in ("mlruns.db", "optuna.db"):
+        shutil.copy(root / name, tmp_path / name)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    started = datetime.datetime.now()
+    again = run_search(space, uri, storage=str(tmp_path / "runs"), best_output=tmp_path / "best.yaml")
+    assert again.job.parent_id != outcome.job.parent_id
+    study = _study(tmp_path)
+    assert len(study.trials) == 4 and {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
+    store = Store(uri, space.name)
+    new_children = store.children(again.job.parent_id)
+    assert len(store.children(outcome.job.parent_id)) == 4 and len(new_children) == 4  # MLflow keeps both
+    new_lrs = sorted(float(c.data.params["engine.lr"]) for c in new_children)
+    assert sorted(t.params["engine.lr"] for t in study.trials) == pytest.approx(new_lrs, rel=1e-12)
+    assert all(t.datetime_start >= started for t in study.trials)  # none of the old study's trials is left
+
+
 def test_gpu_beyond_cluster_is_refused(search_run):
     space, uri, _, root = search_run
     bad = parse_search_space({**SPACE, "name": "too_many_gpus", "resources": {"cpu": 1, "gpu": 4}}, "space")

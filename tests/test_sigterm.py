@@ -27,7 +27,7 @@ def _session_processes(sid: int) -> list[int]:
     return [int(pid) for pid, s in (line.split() for line in out.splitlines() if line.strip()) if int(s) == sid]
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.parametrize("command", ["ablate", "search"])
 def test_sigterm_stops_like_ctrl_c_then_resume_finishes(tmp_path: Path, command: str):
     name = f"sigterm_{command}"

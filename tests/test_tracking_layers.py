@@ -68,16 +68,6 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_import_inspection_sees_lazy_and_relative_imports(tmp_path):
-    sample = tmp_path / "sample.py"
-    sample.write_text("import os\n\ndef f():\n    from bib_ray.tracking.report import x\n    import mlflow.entities\n"
-                      "    from . import runs\n")
-    names = imported_modules(sample)
-    assert {"os", "bib_ray.tracking.report", "mlflow.entities", "bib_ray.tracking.runs"} <= names
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
-
-
 def test_plot_modules_import_neither_mlflow_nor_the_reports():
     for name in PLAIN_DATA_MODULES:
         imported = imported_modules(TRACKING / f"{name}.py")

@@ -132,13 +132,34 @@ def test_replicates_run_without_ray_and_report_in_batches(tmp_path, monkeypatch,
 
 def test_without_a_step_cadence_a_trial_reports_at_replicate_ends(tmp_path, monkeypatch):
     """No scheduler needs rungs: one report per replicate but the last, whose steps ride on the final
-    record (each report is a round trip the trial waits on)."""
+    record (each report is a round trip the trial waits on). The clock stands still, so no report is
+    due by time whatever the machine's load."""
     from bib_ray.trial_run import run_replicates
 
     monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
     records = []
     final = run_replicates(RunSpec.model_validate(TINY_BASE), seeds=[0, 1], lm_seeds=[0], report_every=None,
-                           emit=records.append)
+                           emit=records.append, clock=lambda: 100.0)
     assert [type(r).__name__ for r in records] == ["StepReport", "FinalRecord"]
     assert [row.step for row in records[0].rows] == list(range(1, 7))
     assert [row.step for row in final.rows] == list(range(7, 13))
+
+
+def test_without_a_step_cadence_a_report_is_due_every_report_seconds(tmp_path, monkeypatch):
+    """The time cadence, on a clock the test drives from the steps themselves: set-up takes 9 s, each step
+    4 s. Counted from the first step (t = 9), a report falls due at step 4 (12 s >= REPORT_SECONDS) and the
+    count restarts there; counted from before set-up (t = 0), it would fall due at step 2 already."""
+    from bib_ray.trial_run import REPORT_SECONDS, run_replicates
+
+    monkeypatch.setenv("BIB_RAY_CACHE", str(tmp_path / "cache"))
+    now = {"t": 0.0}
+
+    def step_begins(global_step: int) -> None:
+        now["t"] = 9.0 + 4.0 * (global_step - 1)
+
+    records = []
+    final = run_replicates(RunSpec.model_validate(TINY_BASE), seeds=[0], lm_seeds=[0], report_every=None,
+                           emit=records.append, on_iteration=step_begins, clock=lambda: now["t"])
+    assert REPORT_SECONDS == 10.0
+    assert [[row.step for row in r.rows] for r in records[:-1]] == [[1, 2, 3, 4]]
+    assert [row.step for row in final.rows] == [5, 6]

@@ -83,11 +83,11 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from bib_ray.distributed.pruned_search import EarlyStopAwareOptunaSearch
+    from bib_ray.distributed.optuna_searcher import BibOptunaSearch
 
     key = space.result_key
-    searcher = EarlyStopAwareOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
-                            study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
+    searcher = BibOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
+                               study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
     if space.scheduler.type == "asha":
