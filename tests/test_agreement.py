@@ -238,9 +238,10 @@ def test_ablation_cells_get_an_agreement_table_too(tmp_path):
     assert missing["trials"] == 0 and math.isnan(missing["spearman_median"])  # not logged by these cells
 
 
-def test_several_tasks_log_per_task_agreement_metrics(tmp_path):
-    """README: with several tasks the parent's metrics are ``agreement.<task>.<criterion>.<stat>``, each the
-    value of that task's own table row (computed on that task's trials alone)."""
+def test_several_tasks_get_per_task_rows_and_no_agreement_metrics(tmp_path):
+    """README: with several tasks the table has one row per task and criterion, each computed on that task's
+    trials alone; the numbers are a table artifact (agreement.csv under report/), never ``agreement.*``
+    metrics that MLflow's UI would sort ahead of every trial's headline metrics."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     store = local_store(uri, "two_tasks", tmp_path / "artifacts")
     parent = make_synthetic_ablation(store, "two_tasks", ["forward", "learned", "grad"], [0, 1],
@@ -248,13 +249,18 @@ def test_several_tasks_log_per_task_agreement_metrics(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     report = build_agreement(client, client.get_run(parent), tmp_path / "out", samples=50)
     logged = client.get_run(parent).data.metrics
-    agreement = {k for k in logged if k.startswith("agreement.")}
-    assert agreement and all(k.split(".")[1] in ("tfbind8", "ehrlich") for k in agreement), sorted(agreement)[:5]
+    assert not [k for k in logged if k.startswith("agreement.")]
+    artifacts = {a.path for a in client.list_artifacts(parent, "report")}
+    assert "report/agreement.csv" in artifacts
+    csv_rows = list(csv.DictReader(report.csv_path.read_text().splitlines()))
+    assert {r["task"] for r in csv_rows} == {"tfbind8", "ehrlich"}
     runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     for task in ("tfbind8", "ehrlich"):
         mine = [r.data.metrics for r in runs if r.data.tags["task"] == task and r.info.status == "FINISHED"]
         assert len(mine) == 6
         rho = spearmanr([m["offline_proxy_mean"] for m in mine], [m["normalized_median"] for m in mine]).statistic
-        assert logged[f"agreement.{task}.offline_proxy_mean.spearman_median"] == pytest.approx(rho, abs=1e-12)
         entry = next(e for e in report.table if e["task"] == task and e["criterion"] == "offline_proxy_mean")
         assert entry["trials"] == 6
+        assert entry["spearman_median"] == pytest.approx(rho, abs=1e-12)
+        row = next(r for r in csv_rows if r["task"] == task and r["criterion"] == "offline_proxy_mean")
+        assert float(row["spearman_median"]) == pytest.approx(rho, abs=1e-6)

@@ -3,6 +3,7 @@ ended on a tracking server), checked against a real server on loopback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,11 @@ SCRIPT = textwrap.dedent("""
 
 
 def _ended_run_output(uri: str, mode: str, cwd) -> str:
+    # An earlier in-process bib-ray command may have set MLflow's switch in this process: the child starts
+    # without it, so "plain" is MLflow left alone whatever ran before.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, uri, mode], text=True, capture_output=True, cwd=cwd,
-                          timeout=120)
+                          timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

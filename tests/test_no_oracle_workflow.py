@@ -127,6 +127,7 @@ def test_ablation_on_csv_and_npz_data(no_oracle):
     root = no_oracle["root"]
     plan = parse_plan({"name": "no_oracle_plan", "base": _base("tfbind8"), "variants": ["learned"],
                        "adaptive_eta": [False], "baseline": True, "seeds": [0],
+                       "primary_metric": "proxy_median",  # no oracle: the verdicts are on the proxy's scores
                        "tasks": [{"name": "csv", "options": {"path": str(root / "data.csv")}},
                                  {"name": "npy", "options": {"path": str(root / "data.npz")}}]}, "plan")
     outcome = run_ablation(plan, plan.base, no_oracle["uri"], storage=str(root / "runs"), out_dir=root / "report")

@@ -28,6 +28,9 @@ PLAN = {"name": "replicated", "base": TINY_BASE, "variants": ["fixed", "grad"], 
 @pytest.mark.parametrize("update, needles", [
     ({"primary_metric": "normalized_bogus"}, ("primary_metric", "normalized_bogus", "not logged")),
     ({"replication": {"target_half_width": 0}}, ("replication.target_half_width", "greater than 0")),
+    # a task with no oracle and the default primary metric (normalized_median): the fix names proxy_median
+    ({"base": {**TINY_BASE, "task": {"name": "csv", "options": {"path": "DATA"}}}},
+     ("primary_metric", "normalized_median", "no oracle", "proxy_median")),
     ({"replication": {"target_half_width": 0.1, "initial_lm_seeds": 4, "max_lm_seeds": 3}},
      ("replication", "max_lm_seeds", "initial_lm_seeds")),
     ({"replication": {"target_half_width": 0.1}, "base": {**TINY_BASE, "lm": "some/model"}},
@@ -35,8 +38,11 @@ PLAN = {"name": "replicated", "base": TINY_BASE, "variants": ["fixed", "grad"], 
     ({"replication": {"target_half_width": 0.1}, "lm_seeds": [0, 1]}, ("replication", "remove lm_seeds")),
 ])
 def test_bad_replication_and_primary_metric_are_one_line_errors_before_anything_starts(tmp_path, update, needles):
+    data = tmp_path / "d.csv"
+    data.write_text("sequence,score\n" + "".join(f"{a}{b}{c}A,{i}\n" for i, (a, b, c) in
+                                                 enumerate((a, b, c) for a in "ACGT" for b in "ACGT" for c in "AC")))
     plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump({**PLAN, **update}))
+    plan_file.write_text(yaml.safe_dump({**PLAN, **update}).replace("DATA", str(data)))
     proc = run_cli(["ablate", str(plan_file)], cwd=tmp_path, env={"BIB_RAY_CACHE": str(tmp_path / "cache")})
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "cache").exists()  # nothing started
