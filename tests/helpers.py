@@ -39,21 +39,25 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, stor
     from observed import OBSERVED
 
     err = proc.stderr.strip()
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], err[-2000:])
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
     errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
-    assert len(errors) == 1, lines
-    assert lines[-1] == errors[0], lines
     others = [line for line in lines[:-1] if any(word in line.lower() for word in ERROR_WORDS)]
-    assert not others, lines
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    if store_must_exist:
-        assert store is not None and store.exists(), store
+    problems = []
+    if proc.returncode != 2:
+        problems.append(f"exit code {proc.returncode}, not 2: {proc.stdout[-2000:]} {err[-2000:]}")
+    if not lines or len(errors) != 1 or lines[-1] != errors[0] or others:
+        problems.append(f"stderr is not one error line, last: {lines}")
+    else:
+        problems += [f"{needle!r} not in {errors[0]!r}" for needle in needles if needle not in errors[0]]
+    if store_must_exist and (store is None or not store.exists()):
+        problems.append(f"store {store} was never created")
     if store is not None and store.exists():
-        assert_no_run_running(store)
-    OBSERVED.record("bad-input cases that failed cleanly", str(proc.args[3]) if len(proc.args) > 3 else "?")
+        try:
+            assert_no_run_running(store)
+        except AssertionError as running:
+            problems.append(f"a run left RUNNING: {running}")
+    OBSERVED.record_case("bad-input cases", str(proc.args[3]) if len(proc.args) > 3 else "?", problems)
+    assert not problems, problems
 
 
 def assert_no_run_running(db: Path) -> int:

@@ -111,16 +111,23 @@ def test_bad_path_or_store_stops_before_any_work(case_id, argv, env, needle, tmp
     code = main(argv)
 
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, (case_id, err)
-    assert len(err) == 1 and err[0].startswith("bib-ray: error:"), err
-    assert needle in err[0], (needle, err[0])
-    assert "Traceback" not in err[0]
+    problems = []
+    if code != 2:
+        problems.append(f"exit code {code}, not 2")
+    if len(err) != 1 or not err[0].startswith("bib-ray: error:"):
+        problems.append(f"stderr is not one error line: {err}")
+    elif "Traceback" in err[0] or needle not in err[0]:
+        problems.append(f"error line lacks {needle!r} or holds a traceback: {err[0]}")
     # nothing started: no LM pre-trained, no store or Tune folder created, no Ray
-    assert not (tmp_path / "cache" / "lm").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if (tmp_path / "cache" / "lm").exists():
+        problems.append("an LM was pre-trained")
+    if sorted(p.name for p in tmp_path.iterdir()) != before:
+        problems.append(f"files were created: {sorted(p.name for p in tmp_path.iterdir())} (before: {before})")
     ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
-    observed.record("bad path/store cases that stopped before any work", argv[0])
+    if ray is not None and ray.is_initialized():
+        problems.append("Ray was started")
+    observed.record_case("bad path/store cases stopping before any work", argv[0], problems)
+    assert not problems, (case_id, problems)
 
 
 @pytest.fixture()

@@ -200,6 +200,35 @@ def test_optuna_storage_holds_the_search_as_mlflow_does(search_run):
     assert parent.data.tags["optuna_storage"] == f"sqlite:///{root}/optuna.db"
 
 
+def test_optuna_trials_and_mlflow_runs_link_to_each_other(search_run):
+    """optuna-dashboard titles the objective with the metric's name; each Optuna trial carries its MLflow
+    run id and UI address, each MLflow child its Optuna trial number, read back from both stores."""
+    space, uri, outcome, root = search_run
+    study = _study(root)
+    assert study.metric_names == [space.metric]
+    children = Store(uri, space.name).children(outcome.job.parent_id)
+    by_number = {t.number: t for t in study.trials}
+    assert len(children) == len(by_number) == 4
+    for child in children:
+        trial = by_number[int(child.data.tags["optuna.trial_number"])]
+        assert trial.user_attrs["mlflow.run_id"] == child.info.run_id
+        assert trial.user_attrs["ray.trial_id"] == child.data.tags["trial_id"]
+        assert trial.user_attrs["mlflow.run_url"].endswith(
+            f"/#/experiments/{child.info.experiment_id}/runs/{child.info.run_id}")
+        assert trial.params["engine.variant"] == child.data.params["engine.variant"]
+
+
+def test_the_saved_searcher_state_holds_no_storage_url(search_run):
+    """Tune pickles the searcher into its folder; the Optuna storage URL (a password, on PostgreSQL) is
+    not in it: --resume opens the storage again from the URL it is given."""
+    space, _, outcome, root = search_run
+    states = list(outcome.job.experiment_path.glob("searcher-state*.pkl"))
+    assert states, sorted(p.name for p in outcome.job.experiment_path.iterdir())
+    for state in states:
+        data = state.read_bytes()
+        assert b"optuna.db" not in data and b"sqlite:" not in data, state.name
+
+
 def test_parameter_importances_are_on_the_parent_run(search_run):
     space, uri, outcome, _ = search_run
     client = Store(uri, space.name).client

@@ -31,6 +31,7 @@ from ray.tune import Callback
 
 from bib_ray.redact import mask_secrets, unmask
 from bib_ray.tracking.store import Store, flatten, retrying
+from bib_ray.tracking.ui_links import run_url
 from bib_ray.trial_records import HEADLINE_METRICS, CellConfig, FinalRecord, StepReport, TrialPlan, record_of
 
 FLUSH_SECONDS = 2.0
@@ -98,7 +99,8 @@ class MLflowTrialCallback(Callback):
     _active: dict[str, "MLflowTrialCallback"] = {}  # parent run id -> the callback Tune set up last
 
     def __init__(self, tracking_uri: str, experiment: str, parent_id: str, tags: dict[str, Any],
-                 plan: TrialPlan, total: int | None = None) -> None:
+                 plan: TrialPlan, total: int | None = None, optuna_study: str | None = None) -> None:
+        self.optuna_study = optuna_study  # a search's study in Optuna's storage: its trials and the runs link
         self.total = total  # cells or trials the job runs: the N of each progress line's k/N
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -177,13 +179,27 @@ class MLflowTrialCallback(Callback):
                     "lm_seed": "none" if spec.lm else ",".join(str(s) for s in self.plan.lm_seeds_of(spec))}
             if cell:
                 tags.update(cell=cell.name, cell_key=cell.key, task_label=cell.task_label or spec.task.name)
+            searcher = self._optuna_searcher()
+            number = searcher.optuna_number(trial_id) if searcher is not None else None
+            if number is not None:
+                tags["optuna.trial_number"] = str(number)
             run_id = self.store.create_run(cell.name if cell else f"trial-{trial_id}", tags, self.parent_id)
+            if number is not None:
+                searcher.link_run(trial_id, run_id, run_url(self.tracking_uri, self.store.experiment_id, run_id))
             params = flatten(spec.model_dump(mode="json"))
             params["seeds"] = tags["seed"]
             self.store.log_params(run_id, params)
             self.last_step[trial_id] = 0
         self.runs[trial_id] = run_id
         return run_id
+
+    def _optuna_searcher(self):
+        """The driver's Optuna searcher of this search (None for an ablation or an in-memory study)."""
+        if not self.optuna_study:
+            return None
+        from bib_ray.distributed.optuna_searcher import BibOptunaSearch
+
+        return BibOptunaSearch.active(self.optuna_study)
 
     def _write_rows(self, trial, rows: list[tuple[int, dict]]) -> None:
         run_id = self._run_for(trial)

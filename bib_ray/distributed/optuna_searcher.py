@@ -16,22 +16,102 @@ Two public hooks of ``OptunaSearch`` are overridden, nothing else:
   twice) and its intermediate reports would raise Optuna's ``UpdateFinishedTrialError``, failing the whole
   resumed search. The study already holds that trial's result, so the repeated reports are dropped.
 
+* ``suggest``: each new Optuna trial gets the Tune trial id as the user attribute ``ray.trial_id``, and the
+  searcher remembers its number, so the MLflow callback can tag the trial's child run with it
+  (``optuna.trial_number``) and write the child's run id and UI address back onto the Optuna trial
+  (``mlflow.run_id``, ``mlflow.run_url``): optuna-dashboard and the MLflow UI link to each other instead of
+  being matched by value. Everything goes through Optuna's public storage API.
+
+* ``save`` / ``restore``: Tune pickles the searcher into its folder. Ray's copy would pickle the Optuna
+  storage, and with it the storage URL, password included; here every storage object is written as a
+  placeholder and, on ``--resume``, replaced by the storage the resumed driver opened from the URL it was
+  given again.
+
 Kept apart from optuna_study.py so importing the storage checks does not import Ray.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import pickle
+from typing import Any, ClassVar
 
 from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.search.optuna import OptunaSearch
 
 from bib_ray.trial_records import is_final
 
+RAY_TRIAL_ATTR = "ray.trial_id"
+MLFLOW_RUN_ATTR = "mlflow.run_id"
+MLFLOW_URL_ATTR = "mlflow.run_url"
+
 
 class BibOptunaSearch(OptunaSearch):
     """``OptunaSearch`` whose study holds COMPLETE only for trials that ran to their final record, and
-    whose repeated reports of a trial the study already finished (a resumed driver) are dropped."""
+    whose repeated reports of a trial the study already finished (a resumed driver) are dropped.
+
+    ``study_storage`` (the Optuna storage the study lives in, also given to Ray as ``storage``) turns on the
+    links between Optuna trials and MLflow runs; without it (an in-memory study) there is nothing to link.
+    """
+
+    _active: ClassVar[dict[str, "BibOptunaSearch"]] = {}  # study name -> the searcher of this driver
+
+    def __init__(self, *args: Any, study_storage: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, storage=study_storage, **kwargs)
+        self.study_storage = study_storage
+        self.linked_study = kwargs.get("study_name") if study_storage is not None else None
+        self.trial_numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number (saved with the searcher)
+        self._register()
+
+    def _register(self) -> None:
+        if self.linked_study:
+            BibOptunaSearch._active[self.linked_study] = self
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as out:
+            _StorageFreePickler(out).dump(self.__dict__.copy())
+
+    def restore(self, checkpoint_path: str) -> None:
+        live = self.study_storage  # opened by this driver from the URL it was given
+        with open(checkpoint_path, "rb") as saved:
+            state = _LiveStorageUnpickler(saved, live).load()
+        state["study_storage"] = live
+        self.__dict__.update(state)
+        self._register()  # Tune's copy after --resume: the callback must find this one
+
+    @classmethod
+    def active(cls, study_name: str) -> "BibOptunaSearch | None":
+        """The searcher this driver process runs for ``study_name`` (after ``--resume``, Tune's restored copy)."""
+        return cls._active.get(study_name)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None and self.linked_study and trial_id not in self.trial_numbers:
+            storage = self.study_storage
+            study_id = storage.get_study_id_from_name(self.linked_study)
+            number = storage.get_n_trials(study_id) - 1  # just asked: numbers run 0..n-1, one driver asks
+            storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, number),
+                                        RAY_TRIAL_ATTR, trial_id)
+            self.trial_numbers[trial_id] = number
+        return config
+
+    def optuna_number(self, trial_id: str) -> int | None:
+        """The Optuna trial number of a Tune trial (None when this searcher did not ask it)."""
+        return self.trial_numbers.get(trial_id)
+
+    def link_run(self, trial_id: str, run_id: str, run_url: str) -> None:
+        """Write the MLflow child's run id and UI address onto the trial's Optuna trial (a trial Optuna
+        already finished, e.g. one re-run after a killed driver, keeps the attributes it has)."""
+        number = self.trial_numbers.get(trial_id)
+        if number is None or not self.linked_study:
+            return
+        storage = self.study_storage
+        study_id = storage.get_study_id_from_name(self.linked_study)
+        optuna_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        try:
+            storage.set_trial_user_attr(optuna_id, MLFLOW_RUN_ATTR, run_id)
+            storage.set_trial_user_attr(optuna_id, MLFLOW_URL_ATTR, run_url)
+        except UpdateFinishedTrialError:
+            pass
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         try:
@@ -46,3 +126,29 @@ class BibOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, None, error=False)  # stopped early: PRUNED
         else:
             super().on_trial_complete(trial_id, result, error=False)
+
+
+STORAGE_PLACEHOLDER = "bib_ray.optuna_storage"
+
+
+class _StorageFreePickler(pickle.Pickler):
+    """Pickles the searcher's state with each Optuna database storage (the object that holds the URL)
+    replaced by a placeholder; an in-memory study pickles as Ray's would."""
+
+    def persistent_id(self, obj: Any) -> str | None:
+        from optuna.storages import RDBStorage
+
+        return STORAGE_PLACEHOLDER if isinstance(obj, RDBStorage) else None
+
+
+class _LiveStorageUnpickler(pickle.Unpickler):
+    """Reads a state written by :class:`_StorageFreePickler`, handing the live storage for each placeholder."""
+
+    def __init__(self, file: Any, storage: Any) -> None:
+        super().__init__(file)
+        self.storage = storage
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid != STORAGE_PLACEHOLDER or self.storage is None:
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r} in the searcher state")
+        return self.storage

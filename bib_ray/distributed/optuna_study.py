@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,9 @@ def prepare_study(space: "SearchSpace", url: str, resume: bool, option: str = OP
                                 direction="maximize" if space.mode == "max" else "minimize")
     study.set_user_attr(SPACE_ATTR, signature)
     study.set_user_attr("bib_ray.metric", space.metric)
+    with warnings.catch_warnings():  # "experimental since 3.2": stable in use, and no line for the user
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.metric])  # optuna-dashboard titles the objective with it, not "Objective 0"
     return storage
 
 

@@ -87,7 +87,8 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
 
     key = space.result_key
     searcher = BibOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
-                               study_name=space.name if optuna_storage is not None else None, storage=optuna_storage)
+                               study_name=space.name if optuna_storage is not None else None,
+                               study_storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
     if space.scheduler.type == "asha":
@@ -107,7 +108,8 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
                    mode=space.mode, num_samples=space.trials, max_concurrent=space.concurrency,
                    max_failures=space.max_failures, search_alg=searcher, scheduler=scheduler,
                    parent_tags=tags, parent_params=params, parent_texts={"search_space.yaml": source_text},
-                   resume_command=resume_command, expected_trials=space.trials)
+                   resume_command=resume_command, expected_trials=space.trials,
+                   optuna_study=space.name if optuna_storage is not None else None)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class TuneJob:
     resume_command: str = ""
     existing_parent: str | None = None  # reopen this parent run instead of creating one
     expected_trials: int | None = None  # fewer trials than this at the end means the run was cut short
+    optuna_study: str | None = None  # a search's study in Optuna's storage, linked trial by trial to MLflow
 
 
 @dataclass
@@ -284,7 +285,7 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
 
     def new_callback() -> MLflowTrialCallback:
         return MLflowTrialCallback(job.store.uri, job.store.experiment, parent_id, tags, job.plan,
-                                   total=job.expected_trials or job.num_samples)
+                                   total=job.expected_trials or job.num_samples, optuna_study=job.optuna_study)
 
     interrupted, stop = False, _GracefulStop()
     try:

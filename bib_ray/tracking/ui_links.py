@@ -27,6 +27,8 @@ import shlex
 import socket
 from urllib.parse import urlencode
 
+from bib_ray.redact import mask_secrets
+
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"
 DEFAULT_UI_PORT = 5000
 PORT_TRIES = 100
@@ -51,6 +53,13 @@ def runs_table_url(tracking_uri: str, experiment_id: str, ui_address: str = DEFA
     base = tracking_uri if is_server_uri(tracking_uri) else ui_address
     query = urlencode(RUNS_TABLE_QUERY)
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{RUNS_TAB}?{query}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_address: str = DEFAULT_UI_ADDRESS) -> str:
+    """The address of one run's page in the UI (on the server when ``tracking_uri`` is http(s), else on
+    ``ui_address``, where ``mlflow ui`` serves a local store by default); secrets masked."""
+    base = tracking_uri if is_server_uri(tracking_uri) else ui_address
+    return mask_secrets(f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
 
 
 def ui_command(tracking_uri: str, port: int = DEFAULT_UI_PORT) -> str:
