@@ -40,7 +40,8 @@ def _add_run_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="FILE", help="shorthand for --task-option path=FILE (csv/npy tasks)")
     p.add_argument("--strict", action="store_true", help="csv/npy tasks: refuse (not just warn about) lowercase "
                    "letters and letters rarer than 1%% of positions in the inferred alphabet")
-    p.add_argument("--lm", help="hub id or local path of a masked LM (DNABERT, ProtBERT, ESM-2); "
+    p.add_argument("--lm", help="hub id or local path of a masked LM (DNABERT, ProtBERT, ESM-2), or antiberty "
+                   "(the packaged antibody LM, pip install 'bib-ray[antiberty]'); "
                    "default: the small LM bib-ray pre-trains on the task and caches")
     p.add_argument("--pretrain-steps", type=int, help=f"pre-training budget of the default LM (MLM steps, at least "
                    f"{PRETRAIN_FLOOR}; default: 8000 for 8-letter sequences, fewer for longer ones)")

@@ -120,7 +120,9 @@ def cpu_model() -> str:
 
 def validate_spec(spec: RunSpec) -> Task:
     """Checks that need the task, done before any LM is loaded or trained: returns the task."""
+    from bib_ray.proxy.antiberty import ANTIBERTY, antiberty_tokenizer, is_antiberty
     from bib_ray.proxy.lm_proxy import check_model_source, hub_load_options, resolve_device
+    from bib_ray.proxy.vocab_guard import check_vocabulary
     from bib_ray.workbench import build_task
 
     if not spec.lm and spec.lm_pretrain.steps == 0:
@@ -130,7 +132,9 @@ def validate_spec(spec: RunSpec) -> Task:
     task.top_offline(spec.engine.designs)  # M must not exceed the offline set
     split_offline(len(task.offline_y), spec.criteria)  # both parts of the criteria's split keep enough points
     resolve_device(spec.device)
-    if spec.lm:
+    if is_antiberty(spec.lm):  # the package is there and its amino acids fit the task, before 100 MB load
+        check_vocabulary(antiberty_tokenizer(), task.alphabet, ANTIBERTY)
+    elif spec.lm:
         hub_load_options(check_model_source(spec.lm))  # a hub id without network fails here, in one line
     return task
 

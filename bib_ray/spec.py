@@ -38,7 +38,8 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: TaskSpec = Field(default_factory=TaskSpec)
-    lm: str | None = Field(None, description="hub id or local path of a masked LM; None: the default small LM")
+    lm: str | None = Field(None, description="hub id or local path of a masked LM, or antiberty (the packaged "
+                           "antibody LM); None: the default small LM")
     lm_pretrain: SmallLMConfig = Field(default_factory=SmallLMConfig, description="the default LM's recipe")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     precision: Literal["fp32", "bf16"] = Field(

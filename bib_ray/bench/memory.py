@@ -31,6 +31,7 @@ from bib_ray.core.auxiliary import fit_auxiliary
 from bib_ray.core.engine import BIBEngine
 from bib_ray.core.ridge import OfflineFit
 from bib_ray.errors import BibInputError
+from bib_ray.proxy.antiberty import antiberty_files, antiberty_tokenizer, is_antiberty
 from bib_ray.proxy.lm_proxy import LMProxy, check_model_source
 from bib_ray.spec import RunSpec
 
@@ -169,7 +170,8 @@ def meta_proxy(spec: RunSpec, alphabet: str, length: int) -> LMProxy:
         model.set_attn_implementation("eager")  # as LMProxy.load runs bib-ray's own LM
         name = "default small LM"
     else:
-        name = check_model_source(spec.lm)
+        antiberty = is_antiberty(spec.lm)
+        name = str(antiberty_files()[0]) if antiberty else check_model_source(spec.lm)
         try:
             config = AutoConfig.from_pretrained(name)
         except (OSError, ValueError) as err:
@@ -183,7 +185,8 @@ def meta_proxy(spec: RunSpec, alphabet: str, length: int) -> LMProxy:
                 model = AutoModel.from_config(config)
         has_tokenizer = not Path(name).is_dir() or any(
             (Path(name) / f).exists() for f in ("tokenizer_config.json", "vocab.txt", "tokenizer.json"))
-        tokenizer = AutoTokenizer.from_pretrained(name) if has_tokenizer else _letter_tokenizer(alphabet)
+        tokenizer = (antiberty_tokenizer() if antiberty else AutoTokenizer.from_pretrained(name) if has_tokenizer
+                     else _letter_tokenizer(alphabet))
         if hasattr(model, "set_attn_implementation"):
             # On meta, SDPA runs its math kernel, which computes bf16 attention in fp32; eager attention
             # saves the same tensors in the LM's own dtype (fused GPU kernels save a little less).

@@ -17,6 +17,7 @@ import torch
 
 from bib_ray.core.relaxation import RelaxedDesigns, soft_kmers
 from bib_ray.errors import BibInputError
+from bib_ray.proxy.antiberty import ANTIBERTY, is_antiberty, load_antiberty
 from bib_ray.proxy.tokens import TokenMap, build_token_map
 from bib_ray.proxy.vocab_guard import check_vocabulary
 
@@ -128,6 +129,9 @@ class LMProxy:
         from transformers import AutoModel, AutoTokenizer
 
         _quiet_transformers()
+        if is_antiberty(source):  # the packaged protein LM: no folder, no hub
+            model, tokenizer = load_antiberty()
+            return cls(model, tokenizer, alphabet, ANTIBERTY, device)
         source = check_model_source(source)
         options = hub_load_options(source)
         try:
