@@ -61,31 +61,45 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
+def launch_mlflow_server(workdir: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """Start ``mlflow server`` on ``port`` over ``workdir``'s SQLite store and artifact folder, in its own
+    process group; the same ``workdir`` and ``port`` again restart the same server (an outage ending)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    # No background job runner (8 extra processes); the tracking API does not need it.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    cmd = [sys.executable, "-m", "mlflow", "server",
+           "--backend-store-uri", f"sqlite:///{workdir / 'mlruns.db'}",
+           "--serve-artifacts", "--artifacts-destination", str(workdir / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> bool:
+    """True once the server answers ``/health``; False if it exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None and not _healthy(url):
+        time.sleep(0.25)
+    return proc.poll() is None and _healthy(url)
+
+
+stop_server = _stop
+
+
 @contextlib.contextmanager
 def running_mlflow_server(workdir: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
     """Start ``mlflow server`` (SQLite backend, proxied artifacts, 1 worker) and yield its URI; stop it after."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    # No background job runner (8 extra processes); the tracking API does not need it.
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     last_log = ""
     for attempt in range(3):  # the free port can be taken between our check and the server's bind
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log_path = workdir / f"server-{attempt}.log"
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{workdir / 'mlruns.db'}",
-               "--serve-artifacts", "--artifacts-destination", str(workdir / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        proc = launch_mlflow_server(workdir, port, log_path)
         try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and proc.poll() is None and not _healthy(url):
-                time.sleep(0.25)
-            if proc.poll() is None and _healthy(url):
+            if wait_until_healthy(url, proc, timeout_s):
                 yield url
                 return
             last_log = log_path.read_text(errors="replace")[-3000:]

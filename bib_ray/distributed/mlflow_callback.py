@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from bib_ray.redact import mask_secrets, unmask
-from bib_ray.tracking.store import Store, flatten, retrying
+from bib_ray.tracking.store import OUTAGE_POLL_SECONDS, Store, flatten, retrying, riding_out_outages
 from bib_ray.tracking.ui_links import run_url
 from bib_ray.trial_records import HEADLINE_METRICS, CellConfig, FinalRecord, StepReport, TrialPlan, record_of
 
@@ -51,17 +51,39 @@ def designs_csv(rows: list[dict]) -> str:
 class StoreWriter:
     """One daemon thread that runs store writes in the order they were queued.
 
-    A write that fails (after the store's own retries) is kept and raised by the next :meth:`drain`,
-    so an error is never lost, only reported where the driver can act on it.
+    A tracking outage of any length loses nothing while the driver lives: the thread's store calls ride
+    it out (:func:`~bib_ray.tracking.store.riding_out_outages`), the write that found the store down is
+    retried until it answers and the writes queued behind it wait their turn, in order; the command
+    says so once when the outage starts, every minute it lasts, and when it ends. A write the store
+    refuses (not an outage) is kept and raised by the next :meth:`drain`, so an error is never lost, only
+    reported where the driver can act on it.
     """
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
         self._error: BaseException | None = None
+        self._down_since: float | None = None
         self._thread = threading.Thread(target=self._loop, name="bib-ray-mlflow-writer", daemon=True)
         self._thread.start()
 
+    def _outage_notice(self, error: str, down: bool) -> None:
+        from bib_ray.progress import current
+
+        held = self._queue.qsize() + 1  # the write being retried, and those queued behind it
+        if down:
+            self._down_since = self._down_since or time.monotonic()
+            current().line(f"MLflow unreachable ({error}); {held} writes held in order and retried every "
+                           f"{OUTAGE_POLL_SECONDS:.0f}s until it answers (nothing is lost while this command runs)")
+        else:
+            lasted = time.monotonic() - (self._down_since or time.monotonic())
+            self._down_since = None
+            current().line(f"MLflow answers again after {lasted:.0f}s; sending the {held} held writes")
+
     def _loop(self) -> None:
+        with riding_out_outages(self._outage_notice):
+            self._run_jobs()
+
+    def _run_jobs(self) -> None:
         while True:
             job = self._queue.get()
             try:
@@ -166,7 +188,7 @@ class MLflowTrialCallback(Callback):
             found = self.store.find_runs(f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id = '{trial_id}'")
             run_id = found[0].info.run_id if found else None
         if run_id is not None:  # a resumed or retried trial: go on after the last step MLflow holds
-            history = self.store.client.get_metric_history(run_id, "forward_loss")
+            history = retrying(lambda: self.store.client.get_metric_history(run_id, "forward_loss"))
             self.last_step[trial_id] = max((m.step for m in history), default=0)
             if retrying(lambda: self.store.client.get_run(run_id)).info.status != "FINISHED":
                 self.store.set_status(run_id, "RUNNING")

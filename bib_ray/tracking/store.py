@@ -4,17 +4,25 @@ Why not ``mlflow.start_run``: fluent runs are process-global state, while a sear
 parent and many children open at once. The client API takes run ids explicitly. Writes retry on
 SQLite's "database is locked", so several processes can log to one SQLite file without losing a
 metric; past a handful of writers, use an MLflow tracking server (``--tracking-uri http://...``).
+
+Outages: a thread that must lose nothing (the driver's MLflow writer) runs its store calls inside
+:func:`riding_out_outages`; there a call that finds the store unreachable (connection refused, MLflow's
+HTTP retries spent, a 502/503) waits and tries again, for as long as the outage lasts, instead of
+failing. The call that failed is the one retried, so nothing is written twice and later writes keep
+their order behind it. Other threads (the CLI's reads, a report) fail as before, in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from bib_ray.errors import BibInputError
 from bib_ray.redact import mask_secrets, remember
@@ -47,20 +55,66 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+OUTAGE_POLL_SECONDS = 5.0
+OUTAGE_WORDS = ("max retries exceeded", "connection refused", "failed to establish a new connection",
+                "connection aborted", "connection reset", "remote end closed", "remotedisconnected",
+                "service unavailable", "bad gateway", "503 error", "502 error", "name or service not known",
+                "unable to open database file")
+_RIDE_OUT = threading.local()
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether an error says the store cannot be reached (as opposed to refusing what was asked)."""
+    text = f"{type(err).__name__}: {err}".lower()
+    return any(word in text for word in OUTAGE_WORDS)
+
+
+@contextlib.contextmanager
+def riding_out_outages(notice: Callable[[str, bool], None]) -> Iterator[None]:
+    """In this thread, store calls wait through an outage of any length (see the module text).
+
+    ``notice(first_error_line, down)`` is called once when an outage starts (``down`` True), then every
+    minute it lasts, and once when the store answers again (``down`` False)."""
+    _RIDE_OUT.notice = notice
+    try:
+        yield
+    finally:
+        _RIDE_OUT.notice = None
+
+
 def retrying(call: Callable[[], T], attempts: int = 30) -> T:
-    """Run an MLflow call, retrying transient store errors (SQLite locks, busy servers)."""
+    """Run an MLflow call, retrying transient store errors (SQLite locks, busy servers); inside
+    :func:`riding_out_outages`, also waiting through an unreachable store."""
     delay = 0.05
-    for attempt in range(attempts):
+    attempt = 0
+    down_since: float | None = None
+    told = 0.0
+    while True:
         try:
-            return call()
+            result = call()
         except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy errors in several types
+            notice = getattr(_RIDE_OUT, "notice", None)
+            if notice is not None and is_outage(err):
+                now = time.monotonic()
+                if down_since is None or now - told >= 60:
+                    notice((str(err).strip().splitlines() or [type(err).__name__])[0][:200], True)
+                    told = now
+                down_since = down_since or now
+                time.sleep(OUTAGE_POLL_SECONDS)
+                continue
             text = str(err).lower()
             transient = "locked" in text or "busy" in text or "timeout" in text or "temporarily" in text
-            if not transient or attempt == attempts - 1:
+            attempt += 1
+            if not transient or attempt >= attempts:
                 raise
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")
+            continue
+        if down_since is not None:
+            notice = getattr(_RIDE_OUT, "notice", None)
+            if notice is not None:
+                notice("", False)
+        return result
 
 
 class Store:

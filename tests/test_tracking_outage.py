@@ -1,0 +1,86 @@
+"""A tracking-server outage longer than MLflow's HTTP retry budget loses nothing.
+
+A real ``mlflow server`` on loopback is killed once the first cell or trial has a run, and restarted on
+the same port over the same store after the client's retries (cut to one, a second apart) have long run
+out. The driver holds its writes through the outage and sends them, in order, once the server answers:
+every cell or trial ends FINISHED with each step's metrics exactly once (no duplicate (metric, step)), and the command says what
+happened. It used to skip every later write and leave the parent RUNNING with 0 of 8 children.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from helpers import TINY_BASE
+from mlflow_server import free_port, launch_mlflow_server, stop_server, wait_until_healthy
+from test_reliability import LOST, RECOVERED, _children, _lost, _runs, _start, _wait_for
+
+STEPS = 40
+BASE = {**TINY_BASE, "engine": {**TINY_BASE["engine"], "steps": STEPS}}
+OUTAGE_S = 20  # MLflow's client gives up after about 2 s with the budget below
+SHORT_RETRY_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def _job_files(command: str, name: str, root: Path) -> tuple[list[str], int]:
+    """The command line of a 4-cell ablation or a 4-trial search, and how many children it makes."""
+    if command == "ablate":
+        plan = {"name": name, "base": BASE, "variants": ["forward", "learned"], "adaptive_eta": [False],
+                "baseline": False, "seeds": [0, 1], "concurrency": 2}
+        (root / "plan.yaml").write_text(yaml.safe_dump(plan))
+        return ["ablate", "plan.yaml", "--output", str(root / "report")], 4
+    space = {"name": name, "base": BASE, "trials": 4, "concurrency": 2, "scheduler": {"type": "none"},
+             "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0}}}
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    return ["search", "space.yaml", "--best-output", str(root / "best.yaml")], 4
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("command", ["ablate", "search"])
+def test_an_outage_past_the_retry_budget_loses_nothing(tmp_path: Path, command: str, observed):
+    name = f"outage_{command}"
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = launch_mlflow_server(server_dir, port, server_dir / "server.log")
+    driver = None
+    try:
+        assert wait_until_healthy(url, server)
+        args, expected = _job_files(command, name, tmp_path)
+        driver = _start(args + ["--tracking-uri", url, "--storage", str(tmp_path / "runs")], tmp_path,
+                        env=SHORT_RETRY_BUDGET)
+        _wait_for(lambda: len(_children(_runs(url, name))) >= 1, timeout=400)
+        stop_server(server)  # the outage starts while the cells run and write
+        down_at = time.monotonic()
+        time.sleep(OUTAGE_S)
+        assert driver.poll() is None, driver.communicate()[1][-3000:]  # the driver waits, it does not fail
+        server = launch_mlflow_server(server_dir, port, server_dir / "server.log")
+        assert wait_until_healthy(url, server)
+        outage = time.monotonic() - down_at
+        out, err = driver.communicate(timeout=600)
+        runs = _runs(url, name)
+        children = _children(runs)
+        observed.record(LOST, f"tracking outage ({command})", _lost(children, "trial_id", expected))
+        assert driver.returncode == 0, (driver.returncode, out[-2000:], err[-3000:])
+        assert outage > 10  # far past the client's retry budget
+        assert "MLflow unreachable" in out and "writes held in order" in out and "answers again" in out
+        assert "Traceback" not in err
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == expected and all(c.info.status == "FINISHED" for c in children)
+        client = MlflowClient(url)
+        for child in children:  # every step once, none missing; the final record once more at the last step
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "forward_loss"))
+            assert steps == list(range(1, STEPS + 1)) + [STEPS], steps
+            assert "designs.csv" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        observed.record(RECOVERED, f"tracking outage of {OUTAGE_S}s past the retry budget ({command})")
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        stop_server(server)
