@@ -26,6 +26,19 @@ ERROR_PREFIX = "bib-ray: error:"
 ERROR_WORDS = ("error", "traceback", "exception")
 
 
+def error_line_problems(code: int | None, err: list[str], needle: str) -> list[str]:
+    """What is wrong with an in-process command's ending, against exit code 2 and one ``bib-ray: error:``
+    line on stderr naming ``needle`` (empty when nothing is): the caller records it, then asserts it."""
+    problems = []
+    if code != 2:
+        problems.append(f"exit code {code}, not 2")
+    if len(err) != 1 or not err[0].startswith(ERROR_PREFIX):
+        problems.append(f"stderr is not one error line: {err}")
+    elif "Traceback" in err[0] or needle not in err[0]:
+        problems.append(f"error line lacks {needle!r} or holds a traceback: {err[0]}")
+    return problems
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, store: Path | None = None,
                           store_must_exist: bool = False) -> None:
     """Exit code 2, exactly one error line on stderr (``bib-ray: error: ...``, the last line), naming

@@ -13,7 +13,7 @@ import yaml
 
 from bib_ray.cli import main
 
-from helpers import TINY_BASE
+from helpers import TINY_BASE, error_line_problems
 
 GOOD_CSV = "sequence,score\n" + "".join(f"{s},{i}\n" for i, s in enumerate(
     ["ACGT", "AGGT", "ACCT", "TCGT", "ACGA", "GCGT", "ACTT", "AAGT", "CCGT", "ACGG"]))
@@ -99,13 +99,7 @@ def test_bad_input(case_id, argv, files, needle, tmp_path, monkeypatch, capsys, 
     except SystemExit as exit_:  # argparse errors
         code = exit_.code
     err = capsys.readouterr().err.strip().splitlines()
-    problems = []
-    if code != 2:
-        problems.append(f"exit code {code}, not 2")
-    if len(err) != 1 or not err[0].startswith("bib-ray: error:"):
-        problems.append(f"stderr is not one error line: {err}")
-    elif "Traceback" in err[0] or needle not in err[0]:
-        problems.append(f"error line lacks {needle!r} or holds a traceback: {err[0]}")
+    problems = error_line_problems(code, err, needle)
     for db in tmp_path.glob("*.db"):
         from mlflow.tracking import MlflowClient
 

@@ -24,7 +24,7 @@ from bib_ray.cli import main
 from bib_ray.errors import BibInputError
 from bib_ray.preflight import check_command_paths, check_optuna_storage, preflight
 
-from helpers import TINY_BASE
+from helpers import TINY_BASE, error_line_problems
 
 SPACE = {"name": "pf_space", "base": TINY_BASE, "trials": 2,
          "params": {"engine.lr": {"type": "loguniform", "low": 0.01, "high": 1.0}}}
@@ -111,13 +111,7 @@ def test_bad_path_or_store_stops_before_any_work(case_id, argv, env, needle, tmp
     code = main(argv)
 
     err = capsys.readouterr().err.strip().splitlines()
-    problems = []
-    if code != 2:
-        problems.append(f"exit code {code}, not 2")
-    if len(err) != 1 or not err[0].startswith("bib-ray: error:"):
-        problems.append(f"stderr is not one error line: {err}")
-    elif "Traceback" in err[0] or needle not in err[0]:
-        problems.append(f"error line lacks {needle!r} or holds a traceback: {err[0]}")
+    problems = error_line_problems(code, err, needle)
     # nothing started: no LM pre-trained, no store or Tune folder created, no Ray
     if (tmp_path / "cache" / "lm").exists():
         problems.append("an LM was pre-trained")
