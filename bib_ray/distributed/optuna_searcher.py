@@ -49,16 +49,19 @@ class BibOptunaSearch(OptunaSearch):
     """``OptunaSearch`` whose study holds COMPLETE only for trials that ran to their final record, and
     whose repeated reports of a trial the study already finished (a resumed driver) are dropped.
 
-    ``study_storage`` (the Optuna storage the study lives in, also given to Ray as ``storage``) turns on the
-    links between Optuna trials and MLflow runs; without it (an in-memory study) there is nothing to link.
+    An Optuna storage object given as ``storage`` (the one the study lives in) turns on the links between
+    Optuna trials and MLflow runs; without it (an in-memory study) there is nothing to link.
     """
 
     _active: ClassVar[dict[str, "BibOptunaSearch"]] = {}  # study name -> the searcher of this driver
 
-    def __init__(self, *args: Any, study_storage: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, storage=study_storage, **kwargs)
-        self.study_storage = study_storage
-        self.linked_study = kwargs.get("study_name") if study_storage is not None else None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from optuna.storages import BaseStorage
+
+        storage = kwargs.get("storage")
+        self.study_storage = storage if isinstance(storage, BaseStorage) else None
+        self.linked_study = kwargs.get("study_name") if self.study_storage is not None else None
         self.trial_numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number (saved with the searcher)
         self._register()
 

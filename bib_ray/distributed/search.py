@@ -88,7 +88,7 @@ def build_job(space: SearchSpace, store: Store, source_text: str, resume_command
     key = space.result_key
     searcher = BibOptunaSearch(metric=key, mode=space.mode, sampler=TPESampler(seed=space.sampler_seed),
                                study_name=space.name if optuna_storage is not None else None,
-                               study_storage=optuna_storage)
+                               storage=optuna_storage)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.concurrency)
     scheduler = None
     if space.scheduler.type == "asha":
