@@ -33,6 +33,7 @@ Kept apart from optuna_study.py so importing the storage checks does not import 
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import Any, ClassVar
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -43,6 +44,7 @@ from bib_ray.trial_records import is_final
 RAY_TRIAL_ATTR = "ray.trial_id"
 MLFLOW_RUN_ATTR = "mlflow.run_id"
 MLFLOW_URL_ATTR = "mlflow.run_url"
+LINK_WAIT_SECONDS = 10.0  # at most this long, once per trial, for the MLflow writer to link a trial's run
 
 
 class BibOptunaSearch(OptunaSearch):
@@ -63,6 +65,7 @@ class BibOptunaSearch(OptunaSearch):
         self.study_storage = storage if isinstance(storage, BaseStorage) else None
         self.linked_study = kwargs.get("study_name") if self.study_storage is not None else None
         self.trial_numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number (saved with the searcher)
+        self._link_written: dict[str, threading.Event] = {}  # trials asked by this process (never pickled)
         self._register()
 
     def _register(self) -> None:
@@ -70,14 +73,17 @@ class BibOptunaSearch(OptunaSearch):
             BibOptunaSearch._active[self.linked_study] = self
 
     def save(self, checkpoint_path: str) -> None:
+        state = self.__dict__.copy()
+        state.pop("_link_written", None)
         with open(checkpoint_path, "wb") as out:
-            _StorageFreePickler(out).dump(self.__dict__.copy())
+            _StorageFreePickler(out).dump(state)
 
     def restore(self, checkpoint_path: str) -> None:
         live = self.study_storage  # opened by this driver from the URL it was given
         with open(checkpoint_path, "rb") as saved:
             state = _LiveStorageUnpickler(saved, live).load()
         state["study_storage"] = live
+        state["_link_written"] = {}
         self.__dict__.update(state)
         self._register()  # Tune's copy after --resume: the callback must find this one
 
@@ -95,6 +101,7 @@ class BibOptunaSearch(OptunaSearch):
             storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, number),
                                         RAY_TRIAL_ATTR, trial_id)
             self.trial_numbers[trial_id] = number
+            self._link_written[trial_id] = threading.Event()
         return config
 
     def optuna_number(self, trial_id: str) -> int | None:
@@ -115,6 +122,10 @@ class BibOptunaSearch(OptunaSearch):
             storage.set_trial_user_attr(optuna_id, MLFLOW_URL_ATTR, run_url)
         except UpdateFinishedTrialError:
             pass
+        finally:
+            written = self._link_written.get(trial_id)
+            if written is not None:
+                written.set()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         try:
@@ -123,6 +134,11 @@ class BibOptunaSearch(OptunaSearch):
             pass  # finished in the study before the driver died: its result is already there
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        # A finished Optuna trial takes no more attributes: let the MLflow writer (a thread that may lag a
+        # little behind Tune) link the trial's run first; an outage only delays the link, never the search.
+        written = self._link_written.pop(trial_id, None)
+        if written is not None:
+            written.wait(timeout=LINK_WAIT_SECONDS)
         if error:
             super().on_trial_complete(trial_id, None, error=True)  # FAIL, whatever it reported before
         elif result is not None and not is_final(result):  # Tune gives searchers a flattened copy
