@@ -32,8 +32,14 @@ RECOVERED = "crash and interrupt recoveries"
 LOST = "runs lost after recovering (expected runs not FINISHED)"
 
 
+# Each design step sleeps this long (a test-only hook): a tiny cell then lasts seconds, not a fraction of
+# one, so "some cells finished, some half-run" is still true when the interrupt lands, even on a quiet,
+# fast machine (without it all four cells could end while Tune handled the signal: a run with nothing left).
+STEP_DELAY = {"BIB_RAY_TEST_STEP_DELAY_S": "0.1"}
+
+
 def _start(args: list[str], root: Path, env: dict | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "BIB_RAY_CACHE": str(root / "cache"), **(env or {})}
+    full_env = {**os.environ, "BIB_RAY_CACHE": str(root / "cache"), **STEP_DELAY, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "bib_ray.cli", *args], cwd=root, env=full_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 

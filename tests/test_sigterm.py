@@ -43,7 +43,7 @@ def test_sigterm_stops_like_ctrl_c_then_resume_finishes(tmp_path: Path, command:
         (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
         args = ["search", "space.yaml", "--best-output", str(tmp_path / "best.yaml")]
     args += ["--tracking-uri", uri, "--storage", str(tmp_path / "runs")]
-    driver = _start(args, tmp_path)
+    driver = _start(args, tmp_path, env={"BIB_RAY_TEST_STEP_DELAY_S": "0.05"})  # 6 s+ per cell
 
     def mid_run() -> bool:
         statuses = [r.info.status for r in _children(_runs(uri, name))]

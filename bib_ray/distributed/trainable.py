@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from bib_ray.trial_records import TrialPlan
 
 CRASH_STEP_ENV = "BIB_RAY_TEST_CRASH_AT_STEP"
 CRASH_DIR_ENV = "BIB_RAY_TEST_CRASH_DIR"
+STEP_DELAY_ENV = "BIB_RAY_TEST_STEP_DELAY_S"
 
 
 def _device_for_trial(spec):
@@ -76,6 +78,15 @@ def _maybe_crash(step: int, trial_id: str) -> None:
     os._exit(17)
 
 
+def _test_hooks(step: int, trial_id: str) -> None:
+    """Test-only: BIB_RAY_TEST_STEP_DELAY_S=S sleeps S seconds after each design step, so a fault test's
+    tiny cells last long enough to be interrupted mid-run on a fast, quiet machine; then the crash hook."""
+    delay = os.environ.get(STEP_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
+    _maybe_crash(step, trial_id)
+
+
 def bib_trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable (bound to the experiment's :class:`TrialPlan` by ``tune.with_parameters``):
     build the trial's run once, place it, and let :func:`bib_ray.trial_run.run_replicates` report."""
@@ -88,5 +99,5 @@ def bib_trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     trial_id = tune.get_context().get_trial_id() or "local"
     run_replicates(spec, plan.seeds_of(spec), plan.lm_seeds_of(spec), plan.report_every,
                    emit=lambda record: tune.report(record.to_result()), node=_node_name(),
-                   on_iteration=lambda step: _maybe_crash(step, trial_id),
+                   on_iteration=lambda step: _test_hooks(step, trial_id),
                    criteria_each_report=plan.criteria_each_report)
