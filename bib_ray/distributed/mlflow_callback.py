@@ -135,6 +135,7 @@ class MLflowTrialCallback(Callback):
         self.failed: set[str] = set()
         self.stopped: set[str] = set()  # ended by the scheduler (ASHA) before their last step
         self.tagged_node: set[str] = set()
+        self.closed_before: set[str] = set()  # runs already FINISHED when this process found them (writer)
         self.store: Store | None = None  # opened by setup()
         self.writer: StoreWriter | None = None
         self.pending: dict[str, tuple[Any, list[tuple[int, dict]]]] = {}  # trial id -> (trial, step rows)
@@ -190,7 +191,11 @@ class MLflowTrialCallback(Callback):
         if run_id is not None:  # a resumed or retried trial: go on after the last step MLflow holds
             history = retrying(lambda: self.store.client.get_metric_history(run_id, "forward_loss"))
             self.last_step[trial_id] = max((m.step for m in history), default=0)
-            if retrying(lambda: self.store.client.get_run(run_id)).info.status != "FINISHED":
+            if retrying(lambda: self.store.client.get_run(run_id)).info.status == "FINISHED":
+                # Closed by an earlier driver (a cell that finished just before an interrupt, which Tune's
+                # last checkpoint still held as running, so the resumed Tune runs it again): left alone.
+                self.closed_before.add(trial_id)
+            else:
                 self.store.set_status(run_id, "RUNNING")
         else:
             spec = self.plan.spec_for(trial.config)
@@ -307,11 +312,15 @@ class MLflowTrialCallback(Callback):
 
     def _close_failed(self, trial, reason: str) -> None:
         run_id = self._run_for(trial)
+        if trial.trial_id in self.closed_before:
+            return
         self.store.set_tags(run_id, {"failed_reason": reason})
         self.store.set_status(run_id, "FAILED")
 
     def _close_finished(self, trial, record: FinalRecord) -> None:
         run_id = self._run_for(trial)
+        if trial.trial_id in self.closed_before:
+            return
         # The final record's metrics (means over replicates) under the same names, at the trial's last
         # step and after its step rows: MLflow's latest value of each metric is then the final one.
         timing = record.timing
@@ -340,6 +349,8 @@ class MLflowTrialCallback(Callback):
 
             def close_stopped() -> None:
                 run_id = self._run_for(trial)
+                if trial.trial_id in self.closed_before:
+                    return
                 self.store.set_tags(run_id, {"stopped": "early stopping (scheduler)"})
                 self.store.set_status(run_id, "FINISHED")
             self.writer.submit(close_stopped)
