@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from filelock import FileLock
 
+from bib_ray.errors import first_line
+
 T = TypeVar("T")
 KINDS = ("lm", "embeddings", "auxiliary")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -180,7 +182,7 @@ def _verified_load(entry: Path, kind: str, load: Callable[[Path], T]) -> Any:
     try:
         return load(entry)
     except Exception as err:  # noqa: BLE001 - whatever torch/safetensors raise on a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CorruptCacheEntry(entry, kind, f"unreadable ({type(err).__name__}: {first[:200]})") from None
 
 

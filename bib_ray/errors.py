@@ -10,6 +10,12 @@ from __future__ import annotations
 from bib_ray.redact import mask_secrets
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when the message is empty: what a
+    one-line report of a library's many-line error shows."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class BibInputError(ValueError):
     """Bad user input: the message names the field and how to fix it (one line)."""
 

@@ -30,7 +30,7 @@ import torch
 from bib_ray.core.auxiliary import fit_auxiliary
 from bib_ray.core.engine import BIBEngine
 from bib_ray.core.ridge import OfflineFit
-from bib_ray.errors import BibInputError
+from bib_ray.errors import BibInputError, first_line
 from bib_ray.proxy.antiberty import antiberty_files, antiberty_tokenizer, is_antiberty
 from bib_ray.proxy.lm_proxy import LMProxy, check_model_source
 from bib_ray.spec import RunSpec
@@ -175,7 +175,7 @@ def meta_proxy(spec: RunSpec, alphabet: str, length: int) -> LMProxy:
         try:
             config = AutoConfig.from_pretrained(name)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise BibInputError("lm", f"cannot read the config of {name!r}: {first}",
                                 "give a folder with config.json or a hub id available offline") from err
         with META:

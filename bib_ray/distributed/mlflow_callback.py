@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
+from bib_ray.errors import first_line
 from bib_ray.redact import mask_secrets, unmask
 from bib_ray.tracking.store import OUTAGE_POLL_SECONDS, Store, flatten, retrying, riding_out_outages
 from bib_ray.tracking.ui_links import run_url
@@ -62,22 +63,18 @@ class StoreWriter:
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
         self._error: BaseException | None = None
-        self._down_since: float | None = None
         self._thread = threading.Thread(target=self._loop, name="bib-ray-mlflow-writer", daemon=True)
         self._thread.start()
 
-    def _outage_notice(self, error: str, down: bool) -> None:
+    def _outage_notice(self, error: str, seconds_down: float, down: bool) -> None:
         from bib_ray.progress import current
 
         held = self._queue.qsize() + 1  # the write being retried, and those queued behind it
         if down:
-            self._down_since = self._down_since or time.monotonic()
             current().line(f"MLflow unreachable ({error}); {held} writes held in order and retried every "
                            f"{OUTAGE_POLL_SECONDS:.0f}s until it answers (nothing is lost while this command runs)")
         else:
-            lasted = time.monotonic() - (self._down_since or time.monotonic())
-            self._down_since = None
-            current().line(f"MLflow answers again after {lasted:.0f}s; sending the {held} held writes")
+            current().line(f"MLflow answers again after {seconds_down:.0f}s; sending the {held} held writes")
 
     def _loop(self) -> None:
         with riding_out_outages(self._outage_notice):
@@ -91,7 +88,7 @@ class StoreWriter:
                     job()
             except BaseException as err:  # noqa: BLE001 - handed to the driver by drain()
                 self._error = err
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                first = first_line(err)
                 print(f"[bib-ray] MLflow write failed ({first}); later writes are skipped and the command "
                       "stops with this error once Tune ends", file=sys.stderr, flush=True)
             finally:
@@ -310,16 +307,22 @@ class MLflowTrialCallback(Callback):
         ended = len(self.finished) + len(self.failed)  # stopped trials are in finished too
         current().ended(name, outcome, ended, self.total, metrics)
 
-    def _close_failed(self, trial, reason: str) -> None:
+    def _run_to_close(self, trial) -> str | None:
+        """The trial's run, to be closed by this process; None for a run an earlier driver closed
+        FINISHED (its end time, tags and status are left as they were)."""
         run_id = self._run_for(trial)
-        if trial.trial_id in self.closed_before:
+        return None if trial.trial_id in self.closed_before else run_id
+
+    def _close_failed(self, trial, reason: str) -> None:
+        run_id = self._run_to_close(trial)
+        if run_id is None:
             return
         self.store.set_tags(run_id, {"failed_reason": reason})
         self.store.set_status(run_id, "FAILED")
 
     def _close_finished(self, trial, record: FinalRecord) -> None:
-        run_id = self._run_for(trial)
-        if trial.trial_id in self.closed_before:
+        run_id = self._run_to_close(trial)
+        if run_id is None:
             return
         # The final record's metrics (means over replicates) under the same names, at the trial's last
         # step and after its step rows: MLflow's latest value of each metric is then the final one.
@@ -348,8 +351,8 @@ class MLflowTrialCallback(Callback):
             self._report(trial, "stopped early")
 
             def close_stopped() -> None:
-                run_id = self._run_for(trial)
-                if trial.trial_id in self.closed_before:
+                run_id = self._run_to_close(trial)
+                if run_id is None:
                     return
                 self.store.set_tags(run_id, {"stopped": "early stopping (scheduler)"})
                 self.store.set_status(run_id, "FINISHED")

@@ -95,14 +95,19 @@ class BibOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None and self.linked_study and trial_id not in self.trial_numbers:
-            storage = self.study_storage
-            study_id = storage.get_study_id_from_name(self.linked_study)
-            number = storage.get_n_trials(study_id) - 1  # just asked: numbers run 0..n-1, one driver asks
-            storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, number),
-                                        RAY_TRIAL_ATTR, trial_id)
+            study_id = self.study_storage.get_study_id_from_name(self.linked_study)
+            number = self.study_storage.get_n_trials(study_id) - 1  # just asked: numbers run 0..n-1, one driver asks
+            self.study_storage.set_trial_user_attr(self._storage_trial_id(number, study_id), RAY_TRIAL_ATTR,
+                                                   trial_id)
             self.trial_numbers[trial_id] = number
             self._link_written[trial_id] = threading.Event()
         return config
+
+    def _storage_trial_id(self, number: int, study_id: int | None = None) -> int:
+        """The storage's id of the study's trial ``number`` (Optuna's public storage API only)."""
+        if study_id is None:
+            study_id = self.study_storage.get_study_id_from_name(self.linked_study)
+        return self.study_storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
     def optuna_number(self, trial_id: str) -> int | None:
         """The Optuna trial number of a Tune trial (None when this searcher did not ask it)."""
@@ -114,12 +119,10 @@ class BibOptunaSearch(OptunaSearch):
         number = self.trial_numbers.get(trial_id)
         if number is None or not self.linked_study:
             return
-        storage = self.study_storage
-        study_id = storage.get_study_id_from_name(self.linked_study)
-        optuna_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        optuna_id = self._storage_trial_id(number)
         try:
-            storage.set_trial_user_attr(optuna_id, MLFLOW_RUN_ATTR, run_id)
-            storage.set_trial_user_attr(optuna_id, MLFLOW_URL_ATTR, run_url)
+            self.study_storage.set_trial_user_attr(optuna_id, MLFLOW_RUN_ATTR, run_id)
+            self.study_storage.set_trial_user_attr(optuna_id, MLFLOW_URL_ATTR, run_url)
         except UpdateFinishedTrialError:
             pass
         finally:

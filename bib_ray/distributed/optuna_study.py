@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bib_ray.errors import BibInputError
+from bib_ray.errors import BibInputError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -66,7 +66,7 @@ def open_storage(url: str, option: str = OPTION) -> "optuna.storages.RDBStorage"
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's many kinds: a bad URL, no server, no driver
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)[:200]
         raise BibInputError(option, f"cannot open the Optuna storage {url!r} ({first})", fix) from None
 
 

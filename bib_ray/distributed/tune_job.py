@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bib_ray.errors import BibInputError, Terminated
+from bib_ray.errors import BibInputError, Terminated, first_line
 from bib_ray.redact import has_secret, mask_secrets
 from bib_ray.tracking.store import Store
 from bib_ray.trial_records import TrialPlan, final_of
@@ -134,7 +134,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                      runtime_env={"worker_process_setup_hook": "bib_ray.distributed.warmup.import_heavy_modules"},
                      **kwargs)
     except (ConnectionError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise BibInputError("address", f"cannot connect to Ray at {address!r}: {first}",
                             "start the cluster (ray up / ray start --head) or omit --address") from None
     import threading

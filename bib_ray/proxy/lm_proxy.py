@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bib_ray.core.relaxation import RelaxedDesigns, soft_kmers
-from bib_ray.errors import BibInputError
+from bib_ray.errors import BibInputError, first_line
 from bib_ray.proxy.antiberty import ANTIBERTY, is_antiberty, load_antiberty
 from bib_ray.proxy.tokens import TokenMap, build_token_map
 from bib_ray.proxy.vocab_guard import check_vocabulary
@@ -141,7 +141,7 @@ class LMProxy:
             except TypeError:
                 model = AutoModel.from_pretrained(source, **options)
         except OSError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise BibInputError("lm", f"cannot load {source!r}: {first}",
                                 "give a local model directory or a hub id available offline") from err
         if (Path(source) / "bib_ray_pretrain.json").exists() and hasattr(model, "set_attn_implementation"):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from bib_ray.errors import BibInputError
+from bib_ray.errors import BibInputError, first_line
 from bib_ray.redact import mask_secrets, remember
 
 T = TypeVar("T")
@@ -70,11 +70,11 @@ def is_outage(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def riding_out_outages(notice: Callable[[str, bool], None]) -> Iterator[None]:
+def riding_out_outages(notice: Callable[[str, float, bool], None]) -> Iterator[None]:
     """In this thread, store calls wait through an outage of any length (see the module text).
 
-    ``notice(first_error_line, down)`` is called once when an outage starts (``down`` True), then every
-    minute it lasts, and once when the store answers again (``down`` False)."""
+    ``notice(first_error_line, seconds_down, down)`` is called once when an outage starts (``down`` True,
+    0 s), then every minute it lasts, and once when the store answers again (``down`` False)."""
     _RIDE_OUT.notice = notice
     try:
         yield
@@ -87,19 +87,19 @@ def retrying(call: Callable[[], T], attempts: int = 30) -> T:
     :func:`riding_out_outages`, also waiting through an unreachable store."""
     delay = 0.05
     attempt = 0
-    down_since: float | None = None
+    notice = getattr(_RIDE_OUT, "notice", None)
+    down_since: float | None = None  # when this call first found the store unreachable
     told = 0.0
     while True:
         try:
             result = call()
         except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy errors in several types
-            notice = getattr(_RIDE_OUT, "notice", None)
             if notice is not None and is_outage(err):
                 now = time.monotonic()
-                if down_since is None or now - told >= 60:
-                    notice((str(err).strip().splitlines() or [type(err).__name__])[0][:200], True)
+                down_since = down_since if down_since is not None else now
+                if now == down_since or now - told >= 60:
+                    notice(first_line(err)[:200], now - down_since, True)
                     told = now
-                down_since = down_since or now
                 time.sleep(OUTAGE_POLL_SECONDS)
                 continue
             text = str(err).lower()
@@ -111,9 +111,7 @@ def retrying(call: Callable[[], T], attempts: int = 30) -> T:
             delay = min(delay * 2, 2.0)
             continue
         if down_since is not None:
-            notice = getattr(_RIDE_OUT, "notice", None)
-            if notice is not None:
-                notice("", False)
+            notice("", time.monotonic() - down_since, False)
         return result
 
 
