@@ -147,12 +147,12 @@ def test_an_orphan_child_is_tagged_and_moved_to_deleted_runs(tmp_path):
         def flush(self) -> None:
             self.flushed += 1
 
-        def close_from_result(self, *args) -> None:
-            raise AssertionError("no trial of Tune's to close")
+        def replay(self, *args) -> None:
+            raise AssertionError("no trial of Tune's to replay")
 
     books = Books()
     counts = reconcile_children(store, parent, tmp_path / "no_tune_state", books)
-    assert counts == {"closed": 0, "orphaned": 1} and books.flushed == 1
+    assert counts == {"replayed": 0, "orphaned": 1} and books.flushed == 1
     client = MlflowClient(uri)
     orphan = client.get_run(open_child)
     assert orphan.info.lifecycle_stage == "deleted" and orphan.info.status == "KILLED"

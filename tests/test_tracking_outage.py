@@ -84,3 +84,67 @@ def test_an_outage_past_the_retry_budget_loses_nothing(tmp_path: Path, command: 
         if driver is not None and driver.poll() is None:
             driver.kill()
         stop_server(server)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("command, stop", [("ablate", "SIGINT"), ("search", "SIGINT"), ("ablate", "SIGTERM")])
+def test_stopped_during_an_outage_then_resumed_loses_nothing(tmp_path: Path, command: str, stop: str, observed):
+    """Ctrl-C (to the process group, as a terminal sends it) or SIGTERM (to the driver, as a batch
+    scheduler does) while the tracking server is down: the driver cannot send what it holds, so it says
+    how many writes are not sent, where they are kept and the command that sends them; that command, once
+    the server is back, leaves every cell FINISHED with each step once. The cell that finished during the
+    outage (its rows, final record and close held in memory when the driver stopped) is the one that
+    would be lost."""
+    import os
+    import signal
+
+    from test_reliability import _wait_for_progress
+
+    name = f"spool_{command}"
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = launch_mlflow_server(server_dir, port, server_dir / "server.log")
+    driver = None
+    try:
+        assert wait_until_healthy(url, server)
+        args, expected = _job_files(command, name, tmp_path)
+        args += ["--tracking-uri", url, "--storage", str(tmp_path / "runs")]
+        driver = _start(args, tmp_path, env=SHORT_RETRY_BUDGET)
+        _wait_for_progress(driver, r"\[bib-ray\] 1/4 ")  # one cell ended while the server was up
+        stop_server(server)
+        _wait_for_progress(driver, r"\[bib-ray\] 2/4 ")  # one more ended during the outage
+        if stop == "SIGINT":
+            os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        else:
+            os.kill(driver.pid, signal.SIGTERM)
+        out, err = driver.communicate(timeout=300)
+        assert driver.returncode == {"SIGINT": 130, "SIGTERM": 143}[stop], (driver.returncode, out[-2000:], err[-3000:])
+        assert "Traceback" not in err, err[-3000:]
+        assert "while MLflow was unreachable" in err and "not sent" in err and "result.json" in err, err[-2000:]
+        resume = [line.strip() for line in err.splitlines() if "--resume" in line]
+        assert resume and resume[-1].startswith(f"bib-ray {command} "), err[-2000:]
+
+        server = launch_mlflow_server(server_dir, port, server_dir / "server.log")
+        assert wait_until_healthy(url, server)
+        again = _start(args + ["--resume"], tmp_path, env=SHORT_RETRY_BUDGET)
+        out, err = again.communicate(timeout=900)
+        runs = _runs(url, name)
+        children = _children(runs)
+        observed.record(LOST, f"{stop} during an outage, resumed ({command})", _lost(children, "trial_id", expected))
+        assert again.returncode == 0, (again.returncode, out[-2000:], err[-3000:])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == expected and all(c.info.status == "FINISHED" for c in children), \
+            [(c.info.run_name, c.info.status) for c in children]
+        client = MlflowClient(url)
+        for child in children:  # every step once, none missing; the final record once more at the last step
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "forward_loss"))
+            assert steps == list(range(1, STEPS + 1)) + [STEPS], (child.info.run_name, steps)
+            assert "designs.csv" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        observed.record(RECOVERED, f"{stop} during a tracking outage, then --resume ({command})")
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        stop_server(server)

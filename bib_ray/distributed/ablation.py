@@ -183,8 +183,7 @@ def ablate_command(plan_file: str, tracking_uri: str | None = None, address: str
     outcome = run_ablation(plan, base, uri, address, resume, force, storage, Path(plan_file).read_text(), output,
                            resume_cmd)
     if outcome.job is not None and outcome.job.interrupted:
-        print(f"ablation {outcome.job.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}",
-              file=sys.stderr)
+        print(outcome.job.stop_message("ablation", resume_cmd), file=sys.stderr)
         return outcome.job.exit_code
     ran = len(outcome.cells) - len(outcome.skipped)
     print(f"ablation {plan.name}: {ran} cells run, {len(outcome.skipped)} already finished (skipped"

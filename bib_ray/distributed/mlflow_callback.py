@@ -58,11 +58,17 @@ class StoreWriter:
     says so once when the outage starts, every minute it lasts, and when it ends. A write the store
     refuses (not an outage) is kept and raised by the next :meth:`drain`, so an error is never lost, only
     reported where the driver can act on it.
+
+    A driver stopped while the store is down (Ctrl-C, SIGTERM, or an end-of-run wait given up) cannot send
+    what it holds; nothing is lost then either: every trial's records are in Tune's ``result.json`` under
+    the experiment folder, and ``--resume`` sends what MLflow lacks
+    (:meth:`MLflowTrialCallback.replay`). :attr:`down` tells the driver not to wait.
     """
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
         self._error: BaseException | None = None
+        self.down = False  # the store did not answer the write now being retried (writer thread sets it)
         self._thread = threading.Thread(target=self._loop, name="bib-ray-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -70,9 +76,11 @@ class StoreWriter:
         from bib_ray.progress import current
 
         held = self._queue.qsize() + 1  # the write being retried, and those queued behind it
+        self.down = down
         if down:
             current().line(f"MLflow unreachable ({error}); {held} writes held in order and retried every "
-                           f"{OUTAGE_POLL_SECONDS:.0f}s until it answers (nothing is lost while this command runs)")
+                           f"{OUTAGE_POLL_SECONDS:.0f}s until it answers (nothing is lost: stopped before "
+                           "then, the command says how to send them)")
         else:
             current().line(f"MLflow answers again after {seconds_down:.0f}s; sending the {held} held writes")
 
@@ -97,6 +105,10 @@ class StoreWriter:
     def submit(self, job: Callable[[], None]) -> None:
         """Queue a write; returns at once."""
         self._queue.put(job)
+
+    def held(self) -> int:
+        """Writes queued or being retried, not yet done."""
+        return self._queue.unfinished_tasks
 
     def drain(self, raise_error: bool = True) -> None:
         """Wait until every queued write is done; raise the first write that failed (or keep it for
@@ -137,11 +149,14 @@ class MLflowTrialCallback(Callback):
         self.writer: StoreWriter | None = None
         self.pending: dict[str, tuple[Any, list[tuple[int, dict]]]] = {}  # trial id -> (trial, step rows)
         self.flushed_at = time.monotonic()
+        self.rows_queued = 0  # metric rows (one step of one trial) handed to the writer
+        self.rows_done = 0  # of those, written or found logged already (writer thread)
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles the callback into the experiment folder (``tuner.pkl``): the tracking URI goes
-        there masked; the driver that restores it was given the real one again (``--resume``)."""
-        return {**self.__dict__, "tracking_uri": mask_secrets(self.tracking_uri)}
+        there masked; the driver that restores it was given the real one again (``--resume``). The
+        process-bound parts (the store, the writer thread) are left out: a restored copy opens its own."""
+        return {**self.__dict__, "tracking_uri": mask_secrets(self.tracking_uri), "store": None, "writer": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({**state, "tracking_uri": unmask(state["tracking_uri"])})
@@ -228,11 +243,17 @@ class MLflowTrialCallback(Callback):
     def _write_rows(self, trial, rows: list[tuple[int, dict]]) -> None:
         run_id = self._run_for(trial)
         last = self.last_step.get(trial.trial_id, 0)
-        # A retried attempt replays steps already logged (same seed, same numbers): skip them.
-        fresh = [(step, metrics) for step, metrics in rows if step > last]
+        # A retried attempt (or a --resume replay) brings steps already logged (same seed, same numbers):
+        # skip them, and any step met twice in these rows.
+        fresh = []
+        for step, metrics in rows:
+            if step > last:
+                fresh.append((step, metrics))
+                last = step
         if fresh:
             self.store.log_metric_rows(run_id, fresh)
             self.last_step[trial.trial_id] = fresh[-1][0]
+        self.rows_done += len(rows)
 
     # --- Tune hooks (Tune's event loop: book-keeping and queueing only) -----------------------------
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
@@ -261,6 +282,7 @@ class MLflowTrialCallback(Callback):
         for tid in ids:
             owner, rows = self.pending.pop(tid, (trial, []))
             if rows:
+                self.rows_queued += len(rows)
                 self.writer.submit(lambda owner=owner, rows=rows: self._write_rows(owner, rows))
         if trial is None:
             self.flushed_at = time.monotonic()
@@ -270,18 +292,39 @@ class MLflowTrialCallback(Callback):
         self._queue_pending()
         self.writer.drain()
 
-    def close_from_result(self, trial, run_id: str, result: dict) -> bool:
-        """Close a run whose trial finished while no driver was listening (used on resume); False when
-        the result is not a final record."""
-        record = record_of(result)
-        if not isinstance(record, FinalRecord):
-            return False
+    def store_down(self) -> bool:
+        """Whether the writer is waiting out an outage now."""
+        return self.writer is not None and self.writer.down
 
-        def adopt() -> None:
-            self.runs[trial.trial_id] = run_id
-        self.writer.submit(adopt)
-        self._finish(trial, record)
-        return True
+    def unsent(self) -> tuple[int, int]:
+        """(writes, metric rows) not yet in the store: queued, being retried, or buffered."""
+        buffered = sum(len(rows) for _, rows in self.pending.values())
+        writes = (self.writer.held() if self.writer is not None else 0) + sum(1 for _, r in self.pending.values() if r)
+        return writes, self.rows_queued - self.rows_done + buffered
+
+    def replay(self, trial, results: list[dict]) -> None:
+        """Send what MLflow lacks of a trial, from the results Tune kept on disk (its ``result.json``).
+
+        Why: a driver stopped while the store was down held writes that never reached it: step rows, a
+        run never created, a final record, a failure. Tune's JSON logger wrote every result it received
+        to the trial's folder first, so on ``--resume`` each trial's records are replayed here: its run
+        is found by the ``trial_id`` tag or created as a live driver would have, steps MLflow holds are
+        skipped (:meth:`_write_rows`), and a trial Tune had ended is closed as it ended. A trial Tune
+        will run again gets only the steps it had reported; the rerun adds the rest."""
+        records = [record_of(result) for result in results]
+        final = next((r for r in reversed(records) if isinstance(r, FinalRecord)), None)
+        rows = self.pending.setdefault(trial.trial_id, (trial, []))[1]
+        for record in records:
+            if isinstance(record, StepReport):
+                rows.extend((row.step, row.metrics) for row in record.rows)
+        if trial.status == "TERMINATED" and final is not None:
+            self._finish(trial, final)
+        elif trial.status == "ERROR":
+            self._queue_pending(trial)
+            self.failed.add(trial.trial_id)
+            self.writer.submit(lambda: self._close_failed(trial, "worker failed (closed on --resume)"))
+        else:
+            self._queue_pending(trial)
 
     def _finish(self, trial, record: FinalRecord) -> None:
         if record.rows:  # the last steps travel with the final record
@@ -372,11 +415,15 @@ class MLflowTrialCallback(Callback):
         self._report(trial, "failed")
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        # Wait for the writes, but raise a failed one in the driver (its flush), not inside Tune.
+        # Wait for the writes, but raise a failed one in the driver (its flush), not inside Tune; during an
+        # outage the driver does the waiting (where Ctrl-C can end it), so Tune's stop is not held up.
         self._queue_pending()
-        self.writer.drain(raise_error=False)
+        if not self.store_down():
+            self.writer.drain(raise_error=False)
 
     def open_run_ids(self) -> list[str]:
-        """Child runs this callback opened and did not close (after the queued writes are done)."""
-        self.flush()
+        """Child runs this callback opened and did not close (after the queued writes are done; at once,
+        without waiting, while the store is down)."""
+        if not self.store_down():
+            self.flush()
         return [run for tid, run in self.runs.items() if tid not in self.finished and tid not in self.failed]

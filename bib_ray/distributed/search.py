@@ -233,8 +233,7 @@ def search_command(space_file: str, tracking_uri: str | None = None, address: st
     outcome = run_search(space, uri, address, resume, storage, Path(space_file).read_text(),
                          best_output, resume_cmd, optuna_storage)
     if outcome.job.interrupted:
-        print(f"search {outcome.job.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_cmd}",
-              file=sys.stderr)
+        print(outcome.job.stop_message("search", resume_cmd), file=sys.stderr)
         return outcome.job.exit_code
     print(trial_counts(outcome.job).line())
     if outcome.best_spec is None:

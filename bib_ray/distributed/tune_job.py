@@ -8,6 +8,7 @@ the experiment folder, so ``--resume`` continues the same parent and children.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -47,6 +48,7 @@ class TuneJob:
     existing_parent: str | None = None  # reopen this parent run instead of creating one
     expected_trials: int | None = None  # fewer trials than this at the end means the run was cut short
     optuna_study: str | None = None  # a search's study in Optuna's storage, linked trial by trial to MLflow
+    trainable: Any = None  # Tune's function trainable, called as trainable(config, plan=...); None: BIB's
 
 
 @dataclass
@@ -59,11 +61,22 @@ class JobOutcome:
     experiment_path: Path
     experiment_id: str = ""  # the MLflow experiment's id (for the UI's address)
     stopped_by: str = ""  # "SIGTERM" when a batch scheduler (Slurm, Kubernetes) stopped it; "" for Ctrl-C
+    unsent_writes: int = 0  # stopped while MLflow was unreachable: writes it never received ...
+    unsent_rows: int = 0  # ... and the metric rows among them (all kept in the trials' result.json)
 
     @property
     def interrupted_by(self) -> str:
         """How the run ended early, in words for the summary line."""
         return "terminated (SIGTERM)" if self.stopped_by == "SIGTERM" else "interrupted"
+
+    def stop_message(self, what: str, resume_command: str) -> str:
+        """What the command prints when it ended early (``what``: "ablation", "search"), and the way back."""
+        if not (self.unsent_writes or self.unsent_rows):
+            return f"{what} {self.interrupted_by}; open MLflow runs marked KILLED. Resume with:\n  {resume_command}"
+        return (f"{what} {self.interrupted_by} while MLflow was unreachable: {self.unsent_writes} writes "
+                f"({self.unsent_rows} metric rows) not sent, and runs still open stay RUNNING there. Nothing is "
+                f"lost: every trial's records are kept in {self.experiment_path} (Tune's result.json per trial), "
+                f"and the resume sends what MLflow lacks. Once MLflow answers, resume with:\n  {resume_command}")
 
     @property
     def exit_code(self) -> int:
@@ -225,8 +238,10 @@ def _parent_run(job: TuneJob, path: Path, resume: bool) -> str:
 def reconcile_children(store: Store, parent_id: str, path: Path, callback) -> dict[str, int]:
     """Before a resume: make MLflow agree with the Tune state that survived the crash.
 
-    * A child whose trial Tune had finished, but whose run the killed driver left open, is closed
-      with the trial's final record (nothing is re-run for it).
+    * Every trial Tune recorded gets what MLflow lacks of it, from the results Tune wrote to the
+      trial's ``result.json`` (:meth:`MLflowTrialCallback.replay`): the writes a driver stopped during a
+      tracking outage still held, a run it never managed to create, the final record of a trial that
+      finished while no driver was listening. A trial Tune had ended is closed as it ended.
     * A child whose trial Tune never recorded (the driver died between the trial's start and the next
       experiment checkpoint) has no trial to resume: the resumed search samples a new one. Its run is
       tagged ``bib_ray.orphan`` with the reason and moved to MLflow's deleted runs (recoverable there),
@@ -238,22 +253,41 @@ def reconcile_children(store: Store, parent_id: str, path: Path, callback) -> di
         trials = {t.trial_id: t for t in ExperimentAnalysis(str(path)).trials}
     except Exception:  # noqa: BLE001 - no Tune state: every open child is an orphan
         trials = {}
-    counts = {"closed": 0, "orphaned": 0}
-    for run in store.children(parent_id):
-        if run.info.status == "FINISHED":
-            continue
-        trial = trials.get(run.data.tags.get("trial_id", ""))
-        if trial is None:
+    counts = {"replayed": 0, "orphaned": 0}
+    children = store.children(parent_id)
+    closed = {run.data.tags.get("trial_id", "") for run in children if run.info.status == "FINISHED"}
+    for run in children:
+        if run.info.status != "FINISHED" and run.data.tags.get("trial_id", "") not in trials:
             store.set_tags(run.info.run_id, {"bib_ray.orphan": "driver killed before Tune recorded this trial; "
                                              "the resumed run sampled a new trial instead"})
             store.set_status(run.info.run_id, "KILLED")
             store.client.delete_run(run.info.run_id)
             counts["orphaned"] += 1
-        elif trial.status == "TERMINATED" and final_of(trial.last_result) is not None:
-            callback.close_from_result(trial, run.info.run_id, trial.last_result)
-            counts["closed"] += 1
+    for trial in trials.values():  # a FINISHED run has all its trial's writes: the writer closes it last
+        results = [] if trial.trial_id in closed else trial_results(Path(trial.path))
+        if results:
+            callback.replay(trial, results)
+            counts["replayed"] += 1
     callback.flush()
     return counts
+
+
+def trial_results(trial_dir: Path) -> list[dict]:
+    """Every result a trial reported, in order, as Tune's JSON logger wrote them (one JSON per line of
+    the trial folder's ``result.json``); a line cut short by a killed driver is left out."""
+    from ray.tune.result import EXPR_RESULT_FILE
+
+    results = []
+    try:
+        lines = (trial_dir / EXPR_RESULT_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            continue
+    return results
 
 
 def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
@@ -298,19 +332,40 @@ def execute(job: TuneJob, storage: Path, resume: bool) -> JobOutcome:
         close_open_runs(job.store, parent_id, "FAILED", MLflowTrialCallback.active(parent_id))
         raise
     callback = MLflowTrialCallback.active(parent_id)
+    if results is not None:
+        done = results.num_terminated + results.num_errors
+        interrupted = (interrupted or done < len(results) or (job.expected_trials or 0) > len(results)
+                       or trials_ended(results, callback) < len(results))
+    stopped_by, unsent = stop.received, (0, 0)
     try:
-        if callback is not None:
+        if callback is not None and interrupted and callback.store_down():
+            unsent = callback.unsent()  # told to stop during an outage: no wait for MLflow
+        elif callback is not None:
             callback.flush()  # metrics still queued; a write that failed is raised here, in the driver
+    except (KeyboardInterrupt, Terminated) as err:  # the end-of-run wait for MLflow, given up
+        interrupted, unsent = True, callback.unsent()
+        stopped_by = stopped_by or ("SIGTERM" if isinstance(err, Terminated) else "")
     except BaseException:
         close_open_runs(job.store, parent_id, "FAILED", callback)
         raise
-    if results is not None:
-        done = results.num_terminated + results.num_errors
-        interrupted = interrupted or done < len(results) or (job.expected_trials or 0) > len(results)
-    if interrupted:
+    if interrupted and not any(unsent):
         close_open_runs(job.store, parent_id, "KILLED", callback)
     return JobOutcome(results=results, parent_id=parent_id, interrupted=interrupted, experiment_path=path,
-                      experiment_id=job.store.experiment_id, stopped_by=stop.received)
+                      experiment_id=job.store.experiment_id, stopped_by=stopped_by,
+                      unsent_writes=unsent[0], unsent_rows=unsent[1])
+
+
+def trials_ended(results, callback) -> int:
+    """How many of Tune's trials really ended: failed, with a final record, or seen ending by the
+    callback (a trial the scheduler stopped early). Why not Tune's own count: a Ctrl-C'd Tune marks the
+    trials it stopped mid-run TERMINATED as well."""
+    books = (callback.finished | callback.failed) if callback is not None else set()
+    ended = 0
+    for result in results:
+        metrics = result.metrics or {}
+        if result.error is not None or final_of(metrics) is not None or metrics.get("trial_id") in books:
+            ended += 1
+    return ended
 
 
 def _tuner(job: TuneJob, storage: Path, path: Path, resume: bool, restorable: bool, new_callback):
@@ -320,7 +375,8 @@ def _tuner(job: TuneJob, storage: Path, path: Path, resume: bool, restorable: bo
 
     from bib_ray.distributed.trainable import bib_trainable
 
-    trainable = tune.with_resources(tune.with_parameters(bib_trainable, plan=job.plan), job.resources)
+    trainable = tune.with_resources(tune.with_parameters(job.trainable or bib_trainable, plan=job.plan),
+                                    job.resources)
     if resume:
         closer = new_callback()
         closer.setup(store=job.store)
