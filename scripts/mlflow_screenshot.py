@@ -5,7 +5,8 @@ Why: the README shows what a researcher sees after an ablation, and the slow bro
 the address bib-ray prints (bib_ray.tracking.ui_links.runs_table_url) really opens the runs table with
 the child runs listed, not MLflow 3's GenAI overview. Both need the real UI rendered by a real browser:
 this script starts ``mlflow server`` on a free loopback port against a tracking store, loads the
-runs-table address in headless Chromium (the OS package: ``apt-get install chromium``), writes a PNG
+runs-table address (or, with ``--run NAME``, that run's metric charts) in headless Chromium (the OS
+package: ``apt-get install chromium``), writes a PNG
 and/or the rendered DOM, and stops the browser and the server by process id.
 
     python scripts/mlflow_screenshot.py --tracking-uri sqlite:////tmp/x/mlruns.db --experiment my_plan \
@@ -41,6 +42,7 @@ from urllib.parse import parse_qsl, urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from bib_ray.tracking.metric_keys import mlflow_key  # noqa: E402
 from bib_ray.tracking.ui_links import is_server_uri, runs_table_url  # noqa: E402
 
 SERVER_START_S = 90.0
@@ -166,7 +168,7 @@ def share_view(tracking_uri: str, exp_id: str, metrics: list[str], key: str = SH
     runs_table_url's, as the experiment's shared view ``key``."""
     from mlflow.tracking import MlflowClient
 
-    columns = [f"metrics.`{name}`" for name in metrics]
+    columns = [f"metrics.`{mlflow_key(name)}`" for name in metrics]  # bib-ray's names, MLflow's keys
     state = {"orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
              "selectedColumns": columns, "columnOrder": [RUN_NAME_COLUMN, *columns],  # widths apply to ordered columns only
              "columnWidths": {column: METRIC_COLUMN_WIDTH for column in columns} | {RUN_NAME_COLUMN: RUN_NAME_WIDTH}}
@@ -192,6 +194,17 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     return experiment.experiment_id
 
 
+def run_id(tracking_uri: str, exp_id: str, name: str) -> str:
+    """The id of the run named ``name`` (a cell, ``tfbind8/learned/lm0/seed0``) in the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri=tracking_uri).search_runs(
+        [exp_id], f"attributes.run_name = '{name}'", max_results=1)
+    if not found:
+        raise SystemExit(f"mlflow_screenshot: no run named {name!r} in experiment {exp_id}")
+    return found[0].info.run_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", required=True, help="sqlite:///..., a folder, or http(s)://server")
@@ -207,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--columns", default="",
                         help="comma-separated metric names to show as columns (writes a shared-view tag "
                              "to the experiment: use a copy of the store)")
+    parser.add_argument("--run", default="",
+                        help="a run's name: open that run's metric charts instead of the runs table")
     args = parser.parse_args(argv)
     if args.screenshot is None and args.dump_dom is None:
         parser.error("give --screenshot and/or --dump-dom")
@@ -217,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bib_ray_mlflow_ui_") as work:
         with serving_ui(args.tracking_uri, Path(work) / "server.log", host=args.host) as address:
             url = runs_table_url(args.tracking_uri, exp_id, ui_address=address)
-            if columns:
+            if args.run:
+                url = f"{address}/#/experiments/{exp_id}/runs/{run_id(args.tracking_uri, exp_id, args.run)}/model-metrics"
+            elif columns:
                 url = with_shared_view(url)
             if args.query:
                 url += "&" + args.query.lstrip("&")

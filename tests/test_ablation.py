@@ -12,6 +12,7 @@ from bib_ray.tracking.store import Store
 
 from helpers import TINY_BASE, assert_one_line_error, ray_session_with_cache, run_cli
 from mlflow_server import mlflow_server  # noqa: F401  (fixture)
+from bib_ray.tracking.metric_keys import named_metrics
 
 PLAN = {"name": "tiny_ablation", "base": TINY_BASE, "variants": ["forward", "learned"], "adaptive_eta": [False],
         "baseline": False, "seeds": [0, 1], "concurrency": 2}
@@ -49,7 +50,7 @@ def test_report_equals_children_metrics(ablation_run):
         runs = [c for c in children if c.data.tags["variant"] == row["variant"]]
         for column, metric in (("max", "normalized_max"), ("median", "normalized_median"),
                                ("mean", "normalized_mean"), ("edit_distance", "mean_edit_distance")):
-            values = np.array([c.data.metrics[metric] for c in runs])
+            values = np.array([named_metrics(c.data.metrics)[metric] for c in runs])
             assert row[f"{column}_mean"] == pytest.approx(values.mean(), rel=1e-12)
             assert row[f"{column}_std"] == pytest.approx(values.std(), rel=1e-12, abs=1e-15)
 
@@ -124,8 +125,8 @@ def test_force_reruns_finished_cells_under_a_new_parent(ablation_run, tmp_path):
     old, new = store.children(first.parent_id), store.children(forced.parent_id)
     assert len(old) == 4 and len(new) == 4 and {c.info.status for c in new} == {"FINISHED"}
     assert not {c.info.run_id for c in old} & {c.info.run_id for c in new}
-    before = {c.data.tags["cell"]: c.data.metrics["normalized_max"] for c in old}
-    after = {c.data.tags["cell"]: c.data.metrics["normalized_max"] for c in new}
+    before = {c.data.tags["cell"]: named_metrics(c.data.metrics)["normalized_max"] for c in old}
+    after = {c.data.tags["cell"]: named_metrics(c.data.metrics)["normalized_max"] for c in new}
     assert after.keys() == before.keys() and after == pytest.approx(before, rel=1e-9)
 
 

@@ -19,6 +19,7 @@ from bib_ray.tracking.report import run_report
 
 from ablation_fixtures import local_store, make_synthetic_ablation
 from helpers import assert_one_line_error, run_cli
+from bib_ray.tracking.metric_keys import named_metrics
 
 NAME = "synth_search"
 TRIALS = 9
@@ -74,7 +75,7 @@ def searches(tmp_path_factory):
 
 def _children_finals(client, parent):
     runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    return [r.data.metrics for r in runs if r.info.status == "FINISHED" and "design_seconds" in r.data.metrics]
+    return [named_metrics(r.data.metrics) for r in runs if r.info.status == "FINISHED" and "design_seconds" in r.data.metrics]
 
 
 def test_correlations_and_regrets_equal_scipy_on_the_child_runs(searches):
@@ -248,7 +249,7 @@ def test_several_tasks_get_per_task_rows_and_no_agreement_metrics(tmp_path):
                                      tasks=("tfbind8", "ehrlich"), failed=False)
     client = MlflowClient(tracking_uri=uri)
     report = build_agreement(client, client.get_run(parent), tmp_path / "out", samples=50)
-    logged = client.get_run(parent).data.metrics
+    logged = named_metrics(client.get_run(parent).data.metrics)
     assert not [k for k in logged if k.startswith("agreement.")]
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/agreement.csv" in artifacts
@@ -256,7 +257,7 @@ def test_several_tasks_get_per_task_rows_and_no_agreement_metrics(tmp_path):
     assert {r["task"] for r in csv_rows} == {"tfbind8", "ehrlich"}
     runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     for task in ("tfbind8", "ehrlich"):
-        mine = [r.data.metrics for r in runs if r.data.tags["task"] == task and r.info.status == "FINISHED"]
+        mine = [named_metrics(r.data.metrics) for r in runs if r.data.tags["task"] == task and r.info.status == "FINISHED"]
         assert len(mine) == 6
         rho = spearmanr([m["offline_proxy_mean"] for m in mine], [m["normalized_median"] for m in mine]).statistic
         entry = next(e for e in report.table if e["task"] == task and e["criterion"] == "offline_proxy_mean")

@@ -21,6 +21,7 @@ from bib_ray.spec import load_run_spec
 from bib_ray.tracking.store import Store
 
 from helpers import TINY_BASE, ray_session_with_cache
+from bib_ray.tracking.metric_keys import mlflow_key, named_metrics
 
 SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces" / "bib_default.yaml"
 STEPS = 10
@@ -78,7 +79,7 @@ def test_stopped_trials_are_finished_children_with_steps_once(asha_run):
     assert len(children) == 8 and {c.info.status for c in children.values()} == {"FINISHED"}
     for result in outcome.job.results:
         child = children[result.metrics["trial_id"]]
-        steps = [m.step for m in store.client.get_metric_history(child.info.run_id, "normalized_mean")]
+        steps = [m.step for m in store.client.get_metric_history(child.info.run_id, mlflow_key("normalized_mean"))]
         if final_of(result.metrics) is not None:  # every step once, and the final record at the last step
             assert "stopped" not in child.data.tags and "design_seconds" in child.data.metrics
             assert sorted(steps) == list(range(1, STEPS + 1)) + [STEPS]

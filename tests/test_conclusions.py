@@ -26,6 +26,7 @@ from bib_ray.tracking.report import build_report
 from bib_ray.tracking.store import flatten
 
 from ablation_fixtures import local_store
+from bib_ray.tracking.metric_keys import named_metrics
 
 
 # --- formulas against independent implementations -----------------------------------------------------
@@ -157,7 +158,7 @@ def _lm_means_of_differences(store, parent, task: str, variant: str, metric: str
     for run in store.children(parent):
         tags = run.data.tags
         if tags["task"] == task and run.info.status == "FINISHED":
-            values[(tags["variant"], int(tags["lm_seed"]), int(tags["seed"]))] = run.data.metrics[metric]
+            values[(tags["variant"], int(tags["lm_seed"]), int(tags["seed"]))] = named_metrics(run.data.metrics)[metric]
     return [np.mean([values[(variant, lm, s)] - values[("fixed", lm, s)] for s in SEEDS]) for lm in LM_SEEDS]
 
 

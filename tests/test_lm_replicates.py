@@ -25,6 +25,7 @@ from bib_ray.tracking.store import Store, flatten
 
 from ablation_fixtures import local_store
 from helpers import TINY_BASE, assert_no_running_runs, assert_one_line_error, ray_session_with_cache, run_cli
+from bib_ray.tracking.metric_keys import named_metrics
 
 LM_PLAN = {"name": "lm_replicates", "base": TINY_BASE, "variants": ["fixed", "learned"], "adaptive_eta": [False],
            "baseline": False, "seeds": [0, 1], "lm_seeds": [0, 1], "concurrency": 2}
@@ -75,7 +76,7 @@ def _child_values(store: Store, parent: str, task: str, variant: str, metric: st
     for run in store.children(parent):
         tags = run.data.tags
         if run.info.status == "FINISHED" and tags["task"] == task and tags["variant"] == variant:
-            out[(int(tags["lm_seed"]), int(tags["seed"]))] = run.data.metrics[metric]
+            out[(int(tags["lm_seed"]), int(tags["seed"]))] = named_metrics(run.data.metrics)[metric]
     return out
 
 

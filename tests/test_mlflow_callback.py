@@ -12,6 +12,7 @@ from bib_ray.distributed.mlflow_callback import MLflowTrialCallback, StoreWriter
 from bib_ray.spec import RunSpec
 from bib_ray.tracking.store import Store
 from bib_ray.trial_records import FinalRecord, StepReport, StepRow, TrialPlan, TrialTiming, WorkerInfo
+from bib_ray.tracking.metric_keys import named_metrics
 
 
 PLAN = TrialPlan(base=RunSpec().with_updates({"engine.steps": 4}), seeds=(0,))
@@ -91,5 +92,5 @@ def test_hooks_return_while_the_store_is_blocked_and_every_step_lands_once(tmp_p
     assert child.data.tags["node"] == "here"
     history = store.client.get_metric_history(child.info.run_id, "forward_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
-    assert child.data.metrics["normalized_max"] == 0.9
+    assert named_metrics(child.data.metrics)["normalized_max"] == 0.9
     assert callback.open_run_ids() == []

@@ -10,6 +10,7 @@ from bib_ray.tracking.store import Store
 
 from ablation_fixtures import make_synthetic_ablation
 from mlflow_server import mlflow_server  # noqa: F401 - the fixture
+from bib_ray.tracking.metric_keys import mlflow_key
 
 NAME = "server_plan"
 REPORT_FILES = {"table.md", "table.csv", "paired.md", "paired.csv", "scores.png", "paired.png", "trajectory.png",
@@ -32,7 +33,7 @@ def test_report_through_the_server(mlflow_server, tmp_path, capsys):  # noqa: F8
     statuses = sorted(r.info.status for r in children)
     assert statuses == ["FAILED"] + ["FINISHED"] * 4
     finished = [r for r in children if r.info.status == "FINISHED"]
-    assert all(len(client.get_metric_history(r.info.run_id, "normalized_max")) == 6 for r in finished)
+    assert all(len(client.get_metric_history(r.info.run_id, mlflow_key("normalized_max"))) == 6 for r in finished)
     assert all("designs.csv" in {a.path for a in client.list_artifacts(r.info.run_id)} for r in finished)
 
     logged = {a.path for a in client.list_artifacts(parent, "report")}

@@ -25,6 +25,7 @@ from bib_ray.spec import load_run_spec
 from bib_ray.tracking.store import Store
 
 from helpers import TINY_BASE, ray_session_with_cache
+from bib_ray.tracking.metric_keys import named_metrics
 
 STEPS = 6
 NAME = "no_oracle_search"
@@ -84,7 +85,7 @@ def test_best_is_the_lowest_seed_mean_and_the_output_says_so(no_oracle):
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert {float(c.data.params["engine.lr"]) for c in children} == {0.7, 1.0}
     # The result grid as MLflow holds it: each child's final offline_proxy_mean is its seed mean.
-    finals = {c.data.tags["trial_id"]: c.data.metrics["offline_proxy_mean"] for c in children}
+    finals = {c.data.tags["trial_id"]: named_metrics(c.data.metrics)["offline_proxy_mean"] for c in children}
     expected = min(finals, key=finals.get)
     trial, value, scored = _printed_best(no_oracle["stdout"])
     # Trials that drew the same rate tie exactly; the printed best must hold the lowest value.
@@ -107,7 +108,7 @@ def test_printed_score_is_the_seed_mean_and_best_yaml_reruns_seed_0(no_oracle):
     assert len(at_end) == 2 and len(logged) == 2 * STEPS + 1
     assert not math.isclose(seed0, seed1, rel_tol=1e-9), "the seeds did not differ: the check below is vacuous"
     assert final == pytest.approx((seed0 + seed1) / 2, rel=1e-12)
-    assert best.data.metrics["offline_proxy_mean"] == final
+    assert named_metrics(best.data.metrics)["offline_proxy_mean"] == final
     assert value == pytest.approx((seed0 + seed1) / 2, abs=5e-5)
     spec = load_run_spec(no_oracle["root"] / "best.yaml")
     assert spec.engine.seed == 0
@@ -118,9 +119,9 @@ def test_printed_score_is_the_seed_mean_and_best_yaml_reruns_seed_0(no_oracle):
 def test_no_oracle_metric_is_logged(no_oracle):
     _, _, children = _search_runs(no_oracle)
     for child in children:
-        assert "offline_proxy_mean" in child.data.metrics and "proxy_max" in child.data.metrics
+        assert "offline_proxy_mean" in named_metrics(child.data.metrics) and "proxy_max" in named_metrics(child.data.metrics)
         assert child.data.params["task.alphabet"] == "ACGT"  # inferred from the CSV, recorded per run
-        assert not [k for k in child.data.metrics if k.startswith("normalized_")]
+        assert not [k for k in named_metrics(child.data.metrics) if k.startswith("normalized_")]
 
 
 def test_ablation_on_csv_and_npz_data(no_oracle):
@@ -136,10 +137,10 @@ def test_ablation_on_csv_and_npz_data(no_oracle):
         ("csv", "grad"), ("csv", "learned"), ("npy", "grad"), ("npy", "learned")]
     for child in children:
         assert child.info.status == "FINISHED"
-        assert "offline_proxy_mean" in child.data.metrics
-        assert not [k for k in child.data.metrics if k.startswith("normalized_")]
+        assert "offline_proxy_mean" in named_metrics(child.data.metrics)
+        assert not [k for k in named_metrics(child.data.metrics) if k.startswith("normalized_")]
     # csv and npz hold the same data: the same cell scores the same on both.
-    by_cell = {(c.data.tags["task"], c.data.tags["variant"]): c.data.metrics for c in children}
+    by_cell = {(c.data.tags["task"], c.data.tags["variant"]): named_metrics(c.data.metrics) for c in children}
     for variant in ("grad", "learned"):
         assert by_cell[("csv", variant)]["offline_proxy_mean"] == pytest.approx(
             by_cell[("npy", variant)]["offline_proxy_mean"], rel=1e-9)

@@ -14,6 +14,7 @@ from bib_ray.distributed.plan import parse_plan
 from bib_ray.tracking.store import Store
 
 from helpers import TINY_BASE, ray_session_with_cache
+from bib_ray.tracking.metric_keys import named_metrics
 
 EHRLICH = {"name": "ehrlich", "options": {"length": 8, "vocab": 4, "motifs": 1, "motif_length": 2,
                                           "quantization": 2, "n_samples": 64}}
@@ -40,7 +41,7 @@ def test_every_cell_of_tasks_variants_and_eta_finished(plan_run):
                            for e in ("false", "true"))
     assert {c.info.status for c in children} == {"FINISHED"}
     for child in children:  # both tasks have an oracle: every cell is scored by it
-        assert 0.0 <= child.data.metrics["normalized_max"] <= 1.0
+        assert 0.0 <= named_metrics(child.data.metrics)["normalized_max"] <= 1.0
     assert {(e["task"], e["variant"]) for e in outcome.report.summary} == {
         (t, v) for t in ("tfbind8", "ehrlich") for v in ("learned", "learned+eta", "grad", "grad+eta")}
 
@@ -67,4 +68,4 @@ def test_ehrlich_cells_ran_on_the_small_ehrlich_task(plan_run):
     for child in children:
         if child.data.tags["task"] == "ehrlich":
             assert child.data.params["task.options.length"] == "8"
-            assert child.data.metrics["mean_edit_distance"] <= 8
+            assert named_metrics(child.data.metrics)["mean_edit_distance"] <= 8

@@ -20,6 +20,7 @@ from bib_ray.errors import BibInputError
 from bib_ray.tracking.store import Store
 
 from helpers import TINY_BASE, assert_one_line_error, ray_session_with_cache, run_cli
+from bib_ray.tracking.metric_keys import named_metrics
 
 PLAN = {"name": "replicated", "base": TINY_BASE, "variants": ["fixed", "grad"], "adaptive_eta": [False],
         "baseline": False, "seeds": [0], "concurrency": 2}
@@ -69,7 +70,7 @@ def test_replication_requires_the_default_lm_in_code():
 
 
 def _median_diffs_by_lm(children) -> dict[int, float]:
-    values = {(c.data.tags["variant"], int(c.data.tags["lm_seed"])): c.data.metrics["normalized_median"]
+    values = {(c.data.tags["variant"], int(c.data.tags["lm_seed"])): named_metrics(c.data.metrics)["normalized_median"]
               for c in children if c.info.status == "FINISHED"}
     return {lm: values[("grad", lm)] - values[("fixed", lm)] for (v, lm) in values if v == "grad"}
 

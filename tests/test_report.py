@@ -18,6 +18,7 @@ from bib_ray.tracking.report import (build_report, collect_cells, find_parent, r
 from ablation_fixtures import (STEPS, assert_trajectories_are_the_steps, cell_values, local_store,
                                make_synthetic_ablation)
 from helpers import assert_one_line_error, run_cli
+from bib_ray.tracking.metric_keys import named_metrics
 
 NAME = "synth_plan"
 VARIANTS = ["learned+eta", "forward"]  # deliberately not in table order
@@ -59,7 +60,7 @@ def test_summary_matches_numpy_over_the_children(ablation):
     groups: dict[tuple[str, str], list] = {}
     for run in _finished_children(client, ablation["parent"]):
         key = (run.data.tags["task"], variant_label(run.data.tags["variant"], run.data.tags["adaptive_eta"]))
-        groups.setdefault(key, []).append(run.data.metrics)
+        groups.setdefault(key, []).append(named_metrics(run.data.metrics))
     assert len(groups) == 4 and all(len(g) == 2 for g in groups.values())
     # table order: task, then forward before learned, without +eta before with
     assert [(e["task"], e["variant"]) for e in report.summary] == [

@@ -15,6 +15,7 @@ from bib_ray.tracking.store import Store
 from bib_ray.trial_records import final_of
 
 from helpers import TINY_BASE, assert_one_line_error, ray_session_with_cache, run_cli
+from bib_ray.tracking.metric_keys import named_metrics
 
 SPACE = {
     "name": "tiny_search",
@@ -65,7 +66,7 @@ def test_mlflow_parent_and_children_match_result_grid(search_run):
         assert child.data.tags["task"] == "tfbind8"
         assert child.data.tags["variant"] == result.config["engine.variant"]
         assert math.isclose(float(child.data.params["engine.lr"]), result.config["engine.lr"], rel_tol=1e-12)
-        assert math.isclose(child.data.metrics["normalized_max"], result.metrics["normalized_max"], rel_tol=1e-12)
+        assert math.isclose(named_metrics(child.data.metrics)["normalized_max"], result.metrics["normalized_max"], rel_tol=1e-12)
         assert [a.path for a in store.client.list_artifacts(child.info.run_id)] == ["designs.csv"]
         history = store.client.get_metric_history(child.info.run_id, "forward_loss")
         # 6 steps, then the final (seed-mean) record at the last step
@@ -190,7 +191,7 @@ def test_optuna_storage_holds_the_search_as_mlflow_does(search_run):
     complete = [t for t in _study(root).trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == len(children) == 4
     logged = sorted((float(c.data.params["engine.lr"]), float(c.data.params["engine.beta_scale"]),
-                     c.data.params["engine.variant"], c.data.metrics[space.result_key]) for c in children)
+                     c.data.params["engine.variant"], named_metrics(c.data.metrics)[space.result_key]) for c in children)
     studied = sorted((t.params["engine.lr"], t.params["engine.beta_scale"], t.params["engine.variant"], t.value)
                      for t in complete)
     for a, b in zip(logged, studied):

@@ -16,6 +16,7 @@ from bib_ray.trial_records import (CellConfig, FinalRecord, StepReport, StepRow,
                                    final_of, record_of)
 
 from helpers import TINY_BASE
+from bib_ray.tracking.metric_keys import named_metrics
 
 WORKER = WorkerInfo(pid=4242, node="host/abc", lm_loads=2)
 TIMING = TrialTiming(started_at=100.0, ended_at=103.5, setup_seconds=0.2, design_seconds=2.5, run_seconds=3.0,
@@ -102,7 +103,7 @@ def test_final_record_is_the_latest_value_at_the_last_step(tmp_path, monkeypatch
     run = store.create_run("r", {})
     store.log_metric_rows(run, [(6, {"normalized_max": 0.95})])  # the last step's own value (higher)
     store.log_metrics(run, {"normalized_max": 0.90}, 6)  # the final record: the mean over replicates
-    assert store.client.get_run(run).data.metrics["normalized_max"] == 0.90
+    assert named_metrics(store.client.get_run(run).data.metrics)["normalized_max"] == 0.90
 
 
 @pytest.mark.parametrize("each_report", [False, True])

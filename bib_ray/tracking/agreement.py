@@ -28,6 +28,7 @@ from bib_ray.criteria import CRITERIA, CRITERIA_BY_NAME
 from bib_ray.errors import BibInputError
 from bib_ray.tracking.agreement_plots import plot_agreement
 from bib_ray.tracking.history import FINAL_METRIC
+from bib_ray.tracking.metric_keys import named_metrics
 from bib_ray.tracking.output import csv_text, prepare_output_dir
 from bib_ray.tracking.runs import KIND_TAG, NAME_TAG, child_runs, collect_cells, find_parent
 from bib_ray.tracking.store import retrying
@@ -63,7 +64,7 @@ def trial_rows(client, parent) -> tuple[list[dict[str, Any]], dict[str, int]]:
                     for r in collect_cells(client, parent_id, children)]
     else:
         finished = [{"run_id": r.info.run_id, "name": r.info.run_name or r.info.run_id,
-                     "task": r.data.tags.get("task", "?"), "metrics": dict(r.data.metrics)}
+                     "task": r.data.tags.get("task", "?"), "metrics": named_metrics(r.data.metrics)}
                     for r in children if r.info.status == "FINISHED"]
     rows = [r for r in finished if FINAL_METRIC in r["metrics"]]
     if len(rows) < len(finished):

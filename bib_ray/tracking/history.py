@@ -19,6 +19,7 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
+from bib_ray.tracking.metric_keys import mlflow_key
 from bib_ray.tracking.store import retrying
 
 FINAL_METRIC = "design_seconds"  # logged with a trial's final record only
@@ -61,9 +62,10 @@ def per_step_values(history: Iterable[MetricEntry], final_history: Iterable[Metr
 
 
 def metric_per_step(client: Any, run_id: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`per_step_values` of a run's metric, read from MLflow (``client``: a client or a Store)."""
+    """:func:`per_step_values` of a run's metric (bib-ray's name), read from MLflow (``client``: a client or
+    a Store)."""
     client = getattr(client, "client", client)
-    history = retrying(lambda: client.get_metric_history(run_id, metric))
+    history = retrying(lambda: client.get_metric_history(run_id, mlflow_key(metric)))
     final_history = retrying(lambda: client.get_metric_history(run_id, FINAL_METRIC))
     return per_step_values(history, final_history)
 

@@ -12,6 +12,7 @@ import re
 from typing import Any, Iterable
 
 from bib_ray.errors import BibInputError
+from bib_ray.tracking.metric_keys import named_metrics
 from bib_ray.tracking.store import retrying
 
 KIND_TAG = "bib_ray.kind"
@@ -165,7 +166,7 @@ def _row(run) -> dict[str, Any]:
             "seed": _seed(tags.get("seed")), "lm_seed": _lm_seed(tags.get("lm_seed")),
             "lm": _explicit_lm(run.data.params.get("lm")), "lm_fingerprint": tags.get("lm_fingerprint", ""),
             "cell": tags.get("cell", run.info.run_name or ""), "status": run.info.status,
-            "machine": machine_of(tags), "metrics": dict(run.data.metrics)}
+            "machine": machine_of(tags), "metrics": named_metrics(run.data.metrics)}
 
 
 def machine_of(tags: dict[str, str]) -> str:
@@ -186,8 +187,9 @@ def child_runs(client_or_store: Any, parent_id: str) -> list:
 def collect_cells(client_or_store: Any, parent_id: str, children: Iterable | None = None) -> list[dict[str, Any]]:
     """One row per FINISHED cell: ``run_id, task, variant`` (label), ``seed, cell, status, metrics``.
 
-    ``metrics`` holds ``run.data.metrics``, i.e. each metric's latest value, which is the final record
-    the driver logs last (at step T+1 today; at step T, after that step's own record, in the new layout). Why only FINISHED: a failed or killed cell has partial or no finals and
+    ``metrics`` holds ``run.data.metrics`` under bib-ray's names, i.e. each metric's latest value, which
+    is the final record the driver logs last (at the trial's last step, after that step's own record).
+    Why only FINISHED: a failed or killed cell has partial or no finals and
     would bias a mean. A cell finished twice (a ``--force`` re-run as a new child) counts once, by its
     newest run, so it cannot pass for an extra seed; cells are told apart by the ``cell_key`` tag, else by
     (task, variant label, seed). Pass ``children`` (runs already fetched) to avoid a second search.

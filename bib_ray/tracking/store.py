@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from bib_ray.errors import BibInputError, first_line
+from bib_ray.tracking.metric_keys import mlflow_key
 from bib_ray.redact import mask_secrets, remember
 
 T = TypeVar("T")
@@ -183,7 +184,8 @@ class Store:
         return self.log_metric_rows(run_id, [(step, metrics)])
 
     def log_metric_rows(self, run_id: str, rows: list[tuple[int, dict[str, Any]]]) -> int:
-        """Many steps' metrics in as few batched writes as MLflow allows (1000 per call).
+        """Many steps' metrics in as few batched writes as MLflow allows (1000 per call), under their MLflow
+        keys (:mod:`bib_ray.tracking.metric_keys`: ``normalized_max`` is ``normalized/max`` there).
 
         Each call's timestamp is later than the previous call's: MLflow's latest value of a metric is the
         one with the highest (step, timestamp), so a value logged after another at the same step (a
@@ -191,7 +193,7 @@ class Store:
         from mlflow.entities import Metric
 
         now = self._last_stamp_ms = max(int(time.time() * 1000), self._last_stamp_ms + 1)
-        batch = [Metric(k, float(v), now, step) for step, metrics in rows for k, v in metrics.items()
+        batch = [Metric(mlflow_key(k), float(v), now, step) for step, metrics in rows for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
         for start in range(0, len(batch), 1000):
             chunk = batch[start:start + 1000]
