@@ -225,9 +225,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return engine_bench(task=args.task, variant=args.variant, designs=args.designs, steps=args.steps,
                             loop_designs=args.loop_designs, repeats=args.repeats, device=args.device)
+    if args.what == "driver":
+        from bib_ray.bench.driver_bench import main as driver_bench
+
+        return driver_bench(workers=args.workers, trials=2000 if args.trials is None else args.trials,
+                            steps=100 if args.steps is None else args.steps,
+                            replicates=args.replicates, designs=args.designs, sleep_s=args.sleep)
     from bib_ray.bench.search_bench import main as search_bench
 
-    return search_bench(task=args.task, variant=args.variant, steps=args.steps, trials=args.trials,
+    return search_bench(task=args.task, variant=args.variant, steps=args.steps,
+                        trials=16 if args.trials is None else args.trials,
                         address=args.address, gpu=args.gpu)
 
 
@@ -330,14 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print figures",
                            description="engine: batched vs one-at-a-time design steps/s; search: overhead share; "
-                                       "memory: a trial's peak memory, estimated from the LM's config.")
-    bench.add_argument("what", choices=["engine", "search", "memory"], help="which benchmark")
+                                       "memory: a trial's peak memory, estimated from the LM's config; "
+                                       "driver: trials per hour the driver takes from many synthetic workers.")
+    bench.add_argument("what", choices=["engine", "search", "memory", "driver"], help="which benchmark")
     bench.add_argument("--task", default="tfbind8", help="task (default tfbind8)")
-    bench.add_argument("--steps", type=int, default=None, help="design steps per run")
+    bench.add_argument("--steps", type=int, default=None, help="design steps per run (driver: per replicate, default 100)")
     bench.add_argument("--designs", type=int, default=128, help="M (engine and memory benchmarks)")
     bench.add_argument("--loop-designs", type=int, default=8,
                        help="designs timed one at a time (the loop's rate is per design, so a sample suffices)")
-    bench.add_argument("--trials", type=int, default=16, help="trials (search benchmark)")
+    bench.add_argument("--trials", type=int, default=None, help="trials (search benchmark: default 16; driver: 2000)")
+    bench.add_argument("--workers", type=int, default=64, help="driver benchmark: logical CPUs of the local Ray, "
+                       "one synthetic trial each (default 64)")
+    bench.add_argument("--replicates", type=int, default=6, help="driver benchmark: replicates per trial (default 6)")
+    bench.add_argument("--sleep", type=float, default=0.5, help="driver benchmark: seconds each synthetic trial "
+                       "sleeps in place of BIB (default 0.5)")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (engine benchmark; the median counts)")
     bench.add_argument("--address", help="search benchmark on a running Ray (e.g. auto) instead of a fresh local one")
     bench.add_argument("--variant", default="learned", help="variant (default learned)")
