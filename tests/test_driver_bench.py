@@ -3,12 +3,14 @@
 A small run (2 workers, 3 trials of 2 replicates x 5 steps) as a user types it: its figures are printed one
 ``key=value`` a line, every value the synthetic trials emitted is read back from MLflow (rows_lost=0), and
 the expected count is trials x steps x replicates x metrics. The 64-worker figures are the bench's, not a
-test's (README, Benchmarks).
+test's (README, Benchmarks). The run starts Ray twice (about a minute): slow set.
 """
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from bib_ray.bench.driver_bench import STEP_METRICS
 from helpers import run_cli
@@ -18,6 +20,7 @@ KEYS = ("driver_trials_per_hour", "bare_tune_trials_per_hour", "ratio_to_bare", 
         "driver_peak_rss_mib")
 
 
+@pytest.mark.slow
 def test_small_driver_bench_logs_every_row(tmp_path):
     proc = run_cli(["bench", "driver", "--workers", "2", "--trials", "3", "--steps", "5", "--replicates", "2",
                     "--designs", "4", "--sleep", "0"], cwd=tmp_path, env={"BIB_RAY_CACHE": str(tmp_path / "c")},
